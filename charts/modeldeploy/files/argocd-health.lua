@@ -1,0 +1,129 @@
+-- Argo CD health check for modeldeploy.dev/ModelDeployment.
+-- Install as the value of `resource.customizations.health.modeldeploy.dev_ModelDeployment`
+-- in the argocd-cm ConfigMap. Argo CD sets the global `obj` and expects a table
+-- {status = "Healthy" | "Progressing" | "Degraded", message = "..."} back.
+--
+-- Rules, in order:
+--   1. no status yet, or status.observedGeneration < metadata.generation
+--        -> Progressing ("waiting for the operator to observe generation N")
+--   2. Ready is False with a hard-failure reason (below), or a part condition
+--      (ModelSourceReady, StableReady, CanaryReady, RoutingReady) is False with one
+--        -> Degraded, with that condition's reason and message
+--   3. Ready is True -> Healthy (message: traffic split and URL)
+--   4. anything else (Ready False with a transient reason, Unknown, or missing)
+--        -> Progressing, with Ready's reason and message
+--
+-- Hard failures are reasons that will not fix themselves by waiting: a person has to
+-- change the resource, the model, the claim or the cluster. Everything else (pods
+-- starting, a claim waiting for its first consumer, a rollout in progress, an
+-- unschedulable pod the cluster autoscaler may still place) stays Progressing, so Argo CD
+-- does not raise alarms during a normal rollout.
+local HARD_FAILURES = {
+  -- the model source
+  ClaimNotFound = true,            -- the PersistentVolumeClaim named in spec does not exist
+  ClaimLost = true,                -- the claim's volume is gone
+  ModelNotFound = true,            -- the server found no file at the model path
+  ModelChecksumMismatch = true,    -- the file does not match spec.model.sha256
+  ModelLoadFailed = true,          -- onnxruntime refused the model
+  -- the pods
+  ContainerTerminated = true,      -- the server exited with a termination message
+  CrashLoopBackOff = true,         -- the server keeps restarting
+  ImagePullBackOff = true,         -- the serving image cannot be pulled
+  ErrImagePull = true,
+  CreateContainerConfigError = true,
+  -- the rollout
+  ProgressDeadlineExceeded = true, -- the Deployment cannot progress
+  ReplicaFailure = true,           -- the ReplicaSet cannot create pods (quota, admission)
+  -- the resource itself
+  InvalidSpec = true,              -- the spec passed the API server but the operator rejects it
+}
+
+local PARTS = { "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady" }
+
+local function find_condition(conditions, wanted)
+  if conditions == nil then
+    return nil
+  end
+  for _, condition in ipairs(conditions) do
+    if condition.type == wanted then
+      return condition
+    end
+  end
+  return nil
+end
+
+local function describe(condition, prefix)
+  local text = prefix .. (condition.reason or "NoReason")
+  if condition.message ~= nil and condition.message ~= "" then
+    text = text .. ": " .. condition.message
+  end
+  return text
+end
+
+local function is_hard_failure(condition)
+  return condition ~= nil and condition.status == "False" and HARD_FAILURES[condition.reason] == true
+end
+
+local function traffic_summary(status)
+  local parts = {}
+  if status.traffic ~= nil then
+    local stable = status.traffic.stable or 0
+    local canary = status.traffic.canary or 0
+    table.insert(parts, "traffic " .. stable .. "/" .. canary .. " (stable/canary)")
+  end
+  if status.url ~= nil and status.url ~= "" then
+    table.insert(parts, status.url)
+  end
+  return table.concat(parts, ", ")
+end
+
+local function assess(resource)
+  local hs = {}
+  local generation = 0
+  if resource.metadata ~= nil and resource.metadata.generation ~= nil then
+    generation = resource.metadata.generation
+  end
+  local status = resource.status
+  if status == nil or status.observedGeneration == nil or status.observedGeneration < generation then
+    hs.status = "Progressing"
+    hs.message = "waiting for the operator to observe generation " .. generation
+    return hs
+  end
+
+  local conditions = status.conditions
+  local ready = find_condition(conditions, "Ready")
+  if is_hard_failure(ready) then
+    hs.status = "Degraded"
+    hs.message = describe(ready, "")
+    return hs
+  end
+  for _, part in ipairs(PARTS) do
+    local condition = find_condition(conditions, part)
+    if is_hard_failure(condition) then
+      hs.status = "Degraded"
+      hs.message = describe(condition, part .. " ")
+      return hs
+    end
+  end
+
+  if ready ~= nil and ready.status == "True" then
+    hs.status = "Healthy"
+    local summary = traffic_summary(status)
+    if summary ~= "" then
+      hs.message = "Ready: " .. summary
+    else
+      hs.message = "Ready"
+    end
+    return hs
+  end
+
+  hs.status = "Progressing"
+  if ready == nil then
+    hs.message = "waiting for the Ready condition"
+  else
+    hs.message = describe(ready, "")
+  end
+  return hs
+end
+
+return assess(obj)

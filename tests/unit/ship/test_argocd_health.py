@@ -1,0 +1,125 @@
+"""The Argo CD health check, run by a real Lua 5.1 interpreter the way Argo CD runs it.
+
+Argo CD executes the script with gopher-lua (Lua 5.1 semantics): the resource is the global
+`obj` (JSON numbers become Lua numbers, i.e. floats) and the script returns a table with
+`status` and `message`. Each fixture in health-fixtures/ holds an object and the expected result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lupa.lua51
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+SCRIPT = REPO / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
+FIXTURES = Path(__file__).resolve().parent / "health-fixtures"
+ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+
+
+def as_argo_values(value: Any) -> Any:
+    """Numbers as gopher-lua sees them (float64), everything else unchanged."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: as_argo_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_argo_values(item) for item in value]
+    return value
+
+
+def run_health_check(resource: dict[str, Any]) -> dict[str, Any]:
+    """Run the script on `resource` in a fresh Lua 5.1 state; return the result as a dict."""
+    lua = lupa.lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(as_argo_values(resource), recursive=True)
+    result = lua.execute(SCRIPT.read_text())
+    assert lupa.lua51.lua_type(result) == "table", "the script must return a table"
+    return {str(key): value for key, value in result.items()}
+
+
+def load_fixture(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    document = yaml.safe_load(path.read_text())
+    return document["object"], document["expected"]
+
+
+FIXTURE_FILES = sorted(FIXTURES.glob("*.yaml"))
+
+
+def test_fixtures_are_present() -> None:
+    assert len(FIXTURE_FILES) >= 10
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda path: path.stem)
+def test_health_from_fixture(fixture: Path) -> None:
+    resource, expected = load_fixture(fixture)
+    result = run_health_check(resource)
+    assert result["status"] in ARGO_STATUSES
+    assert result == {"status": expected["status"], "message": expected["message"]}
+
+
+def ready_resource(generation: int, observed: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "m", "generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}],
+        },
+    }
+
+
+@pytest.mark.parametrize("generation", [1, 2, 17, 1000])
+def test_every_generation_lag_is_progressing_and_names_the_generation(generation: int) -> None:
+    result = run_health_check(ready_resource(generation, generation - 1))
+    assert result == {
+        "status": "Progressing",
+        "message": f"waiting for the operator to observe generation {generation}",
+    }
+    assert run_health_check(ready_resource(generation, generation))["status"] == "Healthy"
+
+
+def hard_failure_reasons() -> list[str]:
+    """The reasons the script treats as hard failures, read from the script's own table."""
+    lua = lupa.lua51.LuaRuntime()
+    source = SCRIPT.read_text()
+    table_source = source[source.index("local HARD_FAILURES") : source.index("local PARTS")]
+    reasons = lua.execute(table_source + "\nreturn HARD_FAILURES")
+    return sorted(str(key) for key in reasons)
+
+
+def test_hard_failure_table_is_not_empty() -> None:
+    assert {"ClaimNotFound", "ContainerTerminated", "ProgressDeadlineExceeded"} <= set(hard_failure_reasons())
+
+
+@pytest.mark.parametrize("reason", hard_failure_reasons())
+@pytest.mark.parametrize("part", ["Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady"])
+def test_each_hard_failure_degrades_from_any_condition(reason: str, part: str) -> None:
+    conditions = [{"type": "Ready", "status": "True", "reason": "Ready"}] if part != "Ready" else []
+    conditions.append({"type": part, "status": "False", "reason": reason, "message": "details"})
+    resource = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "conditions": conditions}}
+    result = run_health_check(resource)
+    assert result["status"] == "Degraded"
+    assert reason in result["message"] and "details" in result["message"]
+
+
+@pytest.mark.parametrize("reason", ["ReplicasNotReady", "ClaimPending", "Unschedulable", "Reconciling"])
+def test_transient_reasons_stay_progressing(reason: str) -> None:
+    resource = {
+        "metadata": {"generation": 1},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": "wait"}],
+        },
+    }
+    assert run_health_check(resource) == {"status": "Progressing", "message": f"{reason}: wait"}
+
+
+def test_hard_failure_reported_as_true_is_not_degraded() -> None:
+    """Only a False condition degrades: a True condition with an odd reason is fine."""
+    resource = ready_resource(1, 1)
+    resource["status"]["conditions"].append({"type": "StableReady", "status": "True", "reason": "ClaimNotFound"})
+    assert run_health_check(resource)["status"] == "Healthy"
