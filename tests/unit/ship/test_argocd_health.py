@@ -121,5 +121,7 @@ def test_transient_reasons_stay_progressing(reason: str) -> None:
 def test_hard_failure_reported_as_true_is_not_degraded() -> None:
     """Only a False condition degrades: a True condition with an odd reason is fine."""
     resource = ready_resource(1, 1)
-    resource["status"]["conditions"].append({"type": "StableReady", "status": "True", "reason": "ClaimNotFound"})
+    resource["status"]["conditions"].append(
+        {"type": "StableReady", "status": "True", "reason": "ClaimNotFound"}
+    )
     assert run_health_check(resource)["status"] == "Healthy"
