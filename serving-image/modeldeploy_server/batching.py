@@ -1,0 +1,255 @@
+"""Dynamic batching: concurrent requests are coalesced into one onnxruntime run in a worker thread.
+
+Scheduling happens on the event loop and costs no waiting when there is nothing to wait for:
+
+* A request arriving while a worker is idle and no run is in flight is dispatched in the same loop
+  iteration (requests parsed in that iteration join it) - no ``max_delay`` at concurrency 1.
+* While every worker is busy, requests queue up; a worker that frees up takes the queue's head and every
+  compatible request behind it (same dtypes and non-batch dimensions) up to ``max_batch_size`` rows.
+* With several workers, an idle worker waits up to ``max_delay`` for a batch to fill while another
+  run is in flight (more requests are then likely on their way).
+
+Results are split back by row ranges, so each caller gets exactly the rows it sent. If a coalesced run
+fails, its requests are re-run one by one so one bad request cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from modeldeploy_server.errors import (
+    InferenceFailedError,
+    InvalidInputError,
+    QueueFullError,
+    ServerError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+Runner = Callable[[Feeds], Feeds]
+BatchObserver = Callable[[int, float, Feeds], None]
+
+
+class _Job:
+    __slots__ = ("enqueued", "feeds", "future", "key", "rows")
+
+    def __init__(self, feeds: Feeds, rows: int, future: asyncio.Future[Feeds], enqueued: float) -> None:
+        self.feeds = feeds
+        self.rows = rows
+        self.future = future
+        self.enqueued = enqueued
+        self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in feeds.items())
+
+
+def classify_failure(exc: BaseException) -> ServerError:
+    """onnxruntime rejecting input values (e.g. an index out of range) is the client's fault."""
+    if isinstance(exc, ServerError):
+        return exc
+    if type(exc).__name__ == "InvalidArgument":
+        return InvalidInputError(f"the model rejected the input: {exc}")
+    return InferenceFailedError(f"inference failed: {exc}")
+
+
+class Batcher:
+    """Bounded queue + worker threads; ``infer`` is awaited on the event loop."""
+
+    def __init__(
+        self,
+        run: Runner,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        workers: int = 1,
+        batchable: bool = True,
+        retry_after_seconds: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._run = run
+        self._max_rows = max_batch_size if batchable else 1
+        self._max_delay = max_delay_s
+        self._max_queue = max_queue_size
+        self._workers = workers
+        self._retry_after = retry_after_seconds
+        self._observer = observer
+        self._pending: deque[_Job] = deque()
+        self._pending_rows = 0
+        self._busy = 0
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._work: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the worker threads; call from the event loop that will await ``infer``."""
+        self._loop = asyncio.get_running_loop()
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._worker, name=f"inference-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    async def infer(self, feeds: Feeds, rows: int) -> Feeds:
+        """Queue one request (``rows`` along dimension 0) and wait for its own output rows."""
+        loop = self._loop
+        if loop is None or self._closed:
+            raise UnavailableError("the server is shutting down", self._retry_after)
+        if len(self._pending) >= self._max_queue:
+            raise QueueFullError(
+                f"inference queue is full ({self._max_queue} requests waiting); retry later",
+                self._retry_after,
+            )
+        future: asyncio.Future[Feeds] = loop.create_future()
+        self._pending.append(_Job(feeds, rows, future, loop.time()))
+        self._pending_rows += rows
+        self._idle.clear()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+        return await future
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what was accepted, then end the worker threads."""
+        self._closed = True
+        await self._idle.wait()
+        for _ in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads.clear()
+
+    # --- event-loop side -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        assert self._loop is not None
+        while self._busy < self._workers and self._pending:
+            if self._busy and self._max_delay > 0 and self._pending_rows < self._max_rows:
+                deadline = self._pending[0].enqueued + self._max_delay
+                if deadline > self._loop.time():
+                    self._timer = self._loop.call_at(deadline, self._dispatch)
+                    return
+            jobs = self._take()
+            if jobs:
+                self._busy += 1
+                self._work.put(jobs)
+        if not self._pending and not self._busy:
+            self._idle.set()
+
+    def _take(self) -> list[_Job]:
+        """The queue's head and the compatible requests right behind it, up to the row limit."""
+        jobs: list[_Job] = []
+        rows = 0
+        while self._pending:
+            job = self._pending[0]
+            if job.future.done():  # caller gave up while waiting
+                self._pending.popleft()
+                self._pending_rows -= job.rows
+                continue
+            if jobs and (rows + job.rows > self._max_rows or job.key != jobs[0].key):
+                break
+            self._pending.popleft()
+            self._pending_rows -= job.rows
+            jobs.append(job)
+            rows += job.rows
+        return jobs
+
+    def _finish(self, jobs: list[_Job], results: list[Feeds | ServerError]) -> None:
+        self._busy -= 1
+        for job, result in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, ServerError):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+        self._dispatch()
+
+    # --- worker-thread side ------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            jobs = self._work.get()
+            if jobs is None:
+                return
+            try:
+                feeds, rows, results, seconds = self._execute(jobs)
+            except BaseException as exc:  # never lose a batch: every caller gets an answer
+                log.exception("inference worker failed")
+                error = classify_failure(exc)
+                self._reply(jobs, [error] * len(jobs))
+                continue
+            self._reply(jobs, results)
+            if self._observer is not None:
+                try:
+                    self._observer(rows, seconds, feeds)
+                except Exception:
+                    log.exception("batch observer failed")
+
+    def _reply(self, jobs: list[_Job], results: list[Feeds | ServerError]) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._finish, jobs, results)
+
+    def _execute(self, jobs: list[_Job]) -> tuple[Feeds, int, list[Feeds | ServerError], float]:
+        if len(jobs) == 1:
+            feeds = jobs[0].feeds
+        else:
+            feeds = {name: np.concatenate([job.feeds[name] for job in jobs]) for name in jobs[0].feeds}
+        rows = sum(job.rows for job in jobs)
+        started = time.perf_counter()
+        try:
+            outputs = self._run(feeds)
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            if len(jobs) == 1:
+                return feeds, rows, [classify_failure(exc)], seconds
+            return feeds, rows, [self._run_alone(job) for job in jobs], seconds
+        seconds = time.perf_counter() - started
+        if len(jobs) == 1:
+            return feeds, rows, [outputs], seconds
+        return feeds, rows, _split(outputs, jobs, rows), seconds
+
+    def _run_alone(self, job: _Job) -> Feeds | ServerError:
+        try:
+            return self._run(job.feeds)
+        except Exception as exc:
+            return classify_failure(exc)
+
+
+def _split(outputs: Feeds, jobs: list[_Job], rows: int) -> list[Feeds | ServerError]:
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            error = InferenceFailedError(
+                f"output {name!r} has shape {list(array.shape)} for a batch of {rows} rows; "
+                "the model does not keep rows independent - set MAX_BATCH_SIZE=1"
+            )
+            return [error] * len(jobs)
+    results: list[Feeds | ServerError] = []
+    start = 0
+    for job in jobs:
+        stop = start + job.rows
+        results.append({name: array[start:stop] for name, array in outputs.items()})
+        start = stop
+    return results

@@ -1,0 +1,288 @@
+"""The transport-independent core: readiness, metadata and inference over decoded tensors.
+
+Routes (``protocol``) decode HTTP into the dataclasses below and encode the results; everything about
+the model - which tensors it takes, checking what came against that, batching - lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modeldeploy_server import __version__
+from modeldeploy_server.batching import Batcher, Feeds
+from modeldeploy_server.drift import InputMonitor, ProfileError, ReferenceBins, load_profile
+from modeldeploy_server.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
+from modeldeploy_server.metrics import ServerMetrics
+from modeldeploy_server.model import LoadedModel, TensorSpec
+from modeldeploy_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "modeldeploy"
+EXTENSIONS = ("binary_tensor_data",)
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray  # already shaped as ``shape``
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None
+
+
+@dataclass
+class InferenceRequest:
+    inputs: list[InputTensor]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None
+    binary_output: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray
+    binary: bool
+
+
+@dataclass
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    outputs: list[OutputTensor]
+    id: str | None = None
+
+
+def _shape_fits(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
+    return len(expected) == len(got) and all(e in (-1, g) for e, g in zip(expected, got, strict=True))
+
+
+def prepare_feeds(
+    specs: Sequence[TensorSpec], tensors: Sequence[InputTensor], *, batchable: bool, allow_non_finite: bool
+) -> tuple[Feeds, int]:
+    """Check request tensors against the model's inputs; returns feeds in model order and batch rows."""
+    by_name: dict[str, InputTensor] = {}
+    known = {spec.name for spec in specs}
+    for tensor in tensors:
+        if tensor.name not in known:
+            raise InvalidInputError(
+                f"unknown input tensor {tensor.name!r}; the model's inputs are: {', '.join(sorted(known))}"
+            )
+        if tensor.name in by_name:
+            raise InvalidInputError(f"input tensor {tensor.name!r} is given more than once")
+        by_name[tensor.name] = tensor
+    feeds: Feeds = {}
+    rows = 1
+    for spec in specs:
+        if spec.name not in by_name:
+            raise InvalidInputError(f"missing input tensor {spec.name!r} (expected {spec.describe()})")
+        tensor = by_name[spec.name]
+        if tensor.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype}"
+            )
+        if not _shape_fits(spec.shape, tensor.shape):
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: expected shape {list(spec.shape)}, got {list(tensor.shape)}"
+            )
+        data = tensor.data
+        if not allow_non_finite and data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
+            raise InvalidInputError(
+                f"input tensor {spec.name!r}: expected finite numbers, got NaN or infinity (or null)"
+            )
+        feeds[spec.name] = data
+    if batchable and specs:
+        batch_sizes = {name: array.shape[0] for name, array in feeds.items()}
+        rows = next(iter(batch_sizes.values()))
+        if len(set(batch_sizes.values())) > 1:
+            raise InvalidInputError(
+                f"input tensors disagree on the batch dimension (dimension 0): {batch_sizes}"
+            )
+        if rows == 0:
+            raise InvalidInputError(
+                f"input tensor {specs[0].name!r}: the batch dimension is 0; send at least one row"
+            )
+    return feeds, rows
+
+
+class DataPlane:
+    """One model's serving state, shared by all transports."""
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.draining = False
+        self._monitors: dict[str, InputMonitor] = {}
+        name = settings.model_name
+        self._batch_size = metrics.batch_size.labels(name)
+        self._run_seconds = metrics.run_seconds.labels(name)
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
+
+    @property
+    def name(self) -> str:
+        return self.settings.model_name
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
+
+    def attach(self, model: LoadedModel) -> None:
+        """Make a loaded model servable: batcher, metrics, drift monitors. Call on the event loop."""
+        settings = self.settings
+        references = self._references()
+        self._monitors = {
+            spec.name: InputMonitor(references.get(spec.name), settings.drift_window)
+            for spec in model.inputs
+            if spec.datatype != "BYTES"
+        }
+        self.metrics.add_drift(model.name, self._monitors)
+        self.batcher = Batcher(
+            model.run,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_s,
+            max_queue_size=settings.max_queue_size,
+            workers=settings.inference_workers,
+            batchable=model.batchable,
+            retry_after_seconds=settings.retry_after_seconds,
+            observer=self._observe_batch,
+        )
+        self.batcher.start()
+        self.metrics.bind_queue_depth(model.name, lambda: self.batcher.queue_depth if self.batcher else 0)
+        self.metrics.load_seconds.labels(model.name).set(model.load_seconds)
+        self.metrics.model_info.info(
+            {
+                "name": model.name,
+                "path": str(model.path),
+                "sha256": model.sha256,
+                "execution_provider": model.provider,
+                "providers": ",".join(model.providers),
+                "dynamic_batching": str(model.batchable).lower(),
+            }
+        )
+        self.model = model
+
+    def _references(self) -> dict[str, ReferenceBins]:
+        path = self.settings.profile_path
+        if not path.exists():
+            if self.settings.drift_profile_path is not None:
+                log.warning("drift profile %s does not exist; drift scores are off", path)
+            return {}
+        try:
+            references = load_profile(path)
+        except ProfileError as exc:
+            log.warning("drift scores are off: %s", exc)
+            return {}
+        log.info("drift reference profile %s covers inputs: %s", path, ", ".join(references) or "none")
+        return references
+
+    def begin_shutdown(self) -> None:
+        """Readiness false from now on; safe to call from a signal handler (one assignment)."""
+        self.draining = True
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    def _observe_batch(self, rows: int, seconds: float, feeds: Feeds) -> None:
+        self._batch_size.observe(rows)
+        self._run_seconds.observe(seconds)
+        for name, monitor in self._monitors.items():
+            monitor.observe(feeds[name])
+
+    # --- protocol operations -----------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def get_model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The loaded model by name (and version); 404 for other names, 503 while loading."""
+        if name != self.name or (version is not None and version != MODEL_VERSION):
+            suffix = f" version {version!r}" if version is not None else ""
+            raise ModelNotFoundError(f"model {name!r}{suffix} not found; this server serves {self.name!r}")
+        if self.model is None:
+            raise ModelNotReadyError(f"model {name!r} is still loading", self.settings.retry_after_seconds)
+        return self.model
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        if name != self.name or (version is not None and version != MODEL_VERSION):
+            raise ModelNotFoundError(f"model {name!r} not found; this server serves {self.name!r}")
+        return self.ready
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        model = self.get_model(name, version)
+        return {
+            "name": model.name,
+            "versions": [MODEL_VERSION],
+            "platform": PLATFORM,
+            "inputs": [_spec_metadata(spec) for spec in model.inputs],
+            "outputs": [_spec_metadata(spec) for spec in model.outputs],
+            "parameters": {
+                "execution_provider": model.provider,
+                "providers": list(model.providers),
+                "sha256": model.sha256,
+                "max_batch_size": self.settings.max_batch_size if model.batchable else 0,
+            },
+        }
+
+    async def infer(
+        self, name: str, request: InferenceRequest, version: str | None = None
+    ) -> InferenceResponse:
+        model = self.get_model(name, version)
+        if self.batcher is None:
+            raise ModelNotReadyError(f"model {name!r} is still loading", self.settings.retry_after_seconds)
+        selected = self._select_outputs(model, request)
+        feeds, rows = prepare_feeds(
+            model.inputs,
+            request.inputs,
+            batchable=model.batchable,
+            allow_non_finite=self.settings.allow_non_finite,
+        )
+        results = await self.batcher.infer(feeds, rows)
+        outputs = [
+            OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name], binary=binary)
+            for spec, binary in selected
+        ]
+        return InferenceResponse(
+            model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id
+        )
+
+    def _select_outputs(self, model: LoadedModel, request: InferenceRequest) -> list[tuple[TensorSpec, bool]]:
+        if not request.outputs:
+            return [(spec, request.binary_output) for spec in model.outputs]
+        specs = {spec.name: spec for spec in model.outputs}
+        selected = []
+        for wanted in request.outputs:
+            spec = specs.get(wanted.name)
+            if spec is None:
+                raise InvalidInputError(
+                    f"unknown output tensor {wanted.name!r}; "
+                    f"the model's outputs are: {', '.join(sorted(specs))}"
+                )
+            selected.append((spec, request.binary_output if wanted.binary is None else wanted.binary))
+        return selected
+
+
+def _spec_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
