@@ -1,0 +1,47 @@
+# modeldeploy — one entry point for people and CI.
+#   make test      lint + unit + integration tests on a real local control plane (sets everything up)
+#   make demo      the main job end to end on the local control plane
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries lint crd test unit integration cluster-up cluster-down bench demo e2e-kind clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
+
+binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
+	bash hack/build-binaries.sh
+
+lint: venv ## ruff, mypy, and the generated CRD is up to date
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: venv binaries lint ## everything: lint, unit, server over HTTP, integration on the real control plane
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv ## only the tests that need no control plane
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+
+integration: venv binaries ## only the tests on the control plane (USE_EXISTING_CLUSTER=1 for kind)
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+cluster-up: venv binaries ## start a local control plane in the background; prints the KUBECONFIG to export
+	@$(PY) hack/localcluster.py up
+
+cluster-down: ## stop it and remove its files
+	@$(PY) hack/localcluster.py down
+
+clean: cluster-down
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
