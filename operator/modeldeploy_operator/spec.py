@@ -1,0 +1,472 @@
+"""The ModelDeployment resource as pydantic models: the one source of truth.
+
+The CRD schema (``crd.py``), the README reference and the operator's validation all come from these
+classes. Every constraint exists twice on purpose: as a CEL rule the API server enforces (so a bad
+manifest is refused at ``kubectl apply`` with a message naming the field) and as a pydantic validator
+(so the operator never acts on a spec the server would have refused, e.g. one stored before a CRD
+upgrade). Defaults live here, in code, and are never written back to the stored object: that keeps
+``kubectl apply`` and Argo CD diffs clean.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "modeldeploy.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md"]
+CATEGORIES = ["all", "modeldeploy"]
+
+# The longest child name is "<name>-canary"; Kubernetes names Services and labels with at most 63.
+MAX_NAME_LENGTH = 56
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+CLAIM_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+    r"|(\.[0-9]+))))?$"
+)
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry; `field_path` points the error at a child field."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _range_rule(low: int, high: int) -> dict[str, Any]:
+    return validations(cel(f"self >= {low} && self <= {high}", f"must be between {low} and {high}"))
+
+
+def _check_range(value: int | None, low: int, high: int) -> int | None:
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}")
+    return value
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSource(_Model):
+    """Where a model file lives: a file on a PersistentVolumeClaim in the same namespace."""
+
+    pvc: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the PersistentVolumeClaim holding the model, in the resource's namespace. "
+        "It is mounted read-only at /models.",
+        json_schema_extra=validations(
+            cel(f"self.matches('{CLAIM_PATTERN}')",
+                "must be a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.'")
+        ),
+    )
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Path of the ONNX file inside the claim, relative to its root "
+        "(e.g. sentiment/v1/model.onnx). The server gets /models/<path>.",
+        json_schema_extra=validations(
+            cel("!self.startsWith('/')", "must be relative to the claim's root (no leading '/')"),
+            cel(f"!self.matches('{DOTDOT_PATTERN}')", "must not contain '..' segments"),
+        ),
+    )
+    sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Optional SHA-256 digest (64 hex characters) of the model file. When set, the server "
+        "verifies the file against it before loading and refuses to start on a mismatch.",
+        json_schema_extra=validations(
+            cel(f"self.matches('{SHA256_PATTERN}')",
+                "must be a SHA-256 digest: 64 hexadecimal characters")
+        ),
+    )
+
+    @field_validator("pvc")
+    @classmethod
+    def _claim_name(cls, value: str) -> str:
+        if not re.match(CLAIM_PATTERN, value):
+            raise ValueError("must be a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.'")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        if value.startswith("/"):
+            raise ValueError("must be relative to the claim's root (no leading '/')")
+        if re.search(DOTDOT_PATTERN, value):
+            raise ValueError("must not contain '..' segments")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(SHA256_PATTERN, value):
+            raise ValueError("must be a SHA-256 digest: 64 hexadecimal characters")
+        return value
+
+
+class Replicas(_Model):
+    """How many serving pods a track runs; an autoscaler moves between min and max."""
+
+    min: int | None = Field(
+        default=None,
+        description="Fewest replicas (default 1). Equal to max (the default) means a fixed count, no autoscaler.",
+        json_schema_extra=_range_rule(1, 1000),
+    )
+    max: int | None = Field(
+        default=None,
+        description="Most replicas (default: min). Above min, a HorizontalPodAutoscaler owns the count.",
+        json_schema_extra=_range_rule(1, 1000),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("!has(self.min) || !has(self.max) || self.min <= self.max",
+                "replicas.min must be less than or equal to replicas.max", ".min")
+        )
+    )
+
+    @field_validator("min", "max")
+    @classmethod
+    def _bounds(cls, value: int | None) -> int | None:
+        return _check_range(value, 1, 1000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("replicas.min must be less than or equal to replicas.max")
+        return self
+
+    @property
+    def effective_min(self) -> int:
+        return self.min if self.min is not None else 1
+
+    @property
+    def effective_max(self) -> int:
+        return self.max if self.max is not None else self.effective_min
+
+    @property
+    def autoscaled(self) -> bool:
+        """An HPA exists (and owns the Deployment's replica count) only when it has room to move."""
+        return self.effective_max > self.effective_min
+
+
+class Canary(_Model):
+    """A second model served next to the stable one and given a share of the requests."""
+
+    model: ModelSource | None = Field(default=None, description="The canary's model.")
+    traffic_percent: int | None = Field(
+        default=None,
+        description="Share of requests (0-100) routed to the canary; the rest go to the stable model. "
+        "Default 0: the canary runs and warms up but gets no traffic. The field `kubectl patch` moves.",
+        json_schema_extra=_range_rule(0, 100),
+    )
+    replicas: Replicas | None = Field(
+        default=None, description="Replica bounds for the canary track (default: spec.replicas)."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.model)", "a canary needs a model: set spec.canary.model", ".model",
+                "FieldValueRequired")
+        )
+    )
+
+    @field_validator("traffic_percent")
+    @classmethod
+    def _percent(cls, value: int | None) -> int | None:
+        return _check_range(value, 0, 100)
+
+    @model_validator(mode="after")
+    def _has_model(self) -> Canary:
+        if self.model is None:
+            raise ValueError("a canary needs a model: set spec.canary.model")
+        return self
+
+    @property
+    def weight(self) -> int:
+        return self.traffic_percent or 0
+
+    @property
+    def source(self) -> ModelSource:
+        assert self.model is not None  # guaranteed by the validator
+        return self.model
+
+
+class Autoscaling(_Model):
+    """What the HorizontalPodAutoscaler (autoscaling/v2) aims for."""
+
+    cpu_utilization: int | None = Field(
+        default=None,
+        description="Target average CPU use in percent of the requested CPU (default 70).",
+        json_schema_extra=_range_rule(1, 100),
+    )
+
+    @field_validator("cpu_utilization")
+    @classmethod
+    def _percent(cls, value: int | None) -> int | None:
+        return _check_range(value, 1, 100)
+
+    @property
+    def effective_cpu_utilization(self) -> int:
+        return self.cpu_utilization if self.cpu_utilization is not None else 70
+
+
+QUANTITY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": QUANTITY_PATTERN,
+    "x-kubernetes-int-or-string": True,
+}
+
+
+class Resources(_Model):
+    """CPU and memory for each serving container, as in a Pod spec (GPUs go in spec.gpu)."""
+
+    requests: dict[str, int | str] | None = Field(
+        default=None,
+        description="Guaranteed resources, e.g. {cpu: '1', memory: 2Gi} (default cpu 500m, memory 1Gi "
+        "when resources is left out). The autoscaler's CPU target is a share of requests.cpu.",
+        json_schema_extra={"maxProperties": 16, "additionalProperties": QUANTITY_SCHEMA},
+    )
+    limits: dict[str, int | str] | None = Field(
+        default=None,
+        description="Upper bounds, e.g. {memory: 4Gi}.",
+        json_schema_extra={"maxProperties": 16, "additionalProperties": QUANTITY_SCHEMA},
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"!has(self.limits) || !('{GPU_RESOURCE}' in self.limits)",
+                "set GPUs with spec.gpu, not resources.limits", ".limits"),
+            cel(f"!has(self.requests) || !('{GPU_RESOURCE}' in self.requests)",
+                "set GPUs with spec.gpu, not resources.requests", ".requests"),
+        )
+    )
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, value: dict[str, int | str] | None) -> dict[str, int | str] | None:
+        for name, quantity in (value or {}).items():
+            if name == GPU_RESOURCE:
+                raise ValueError("set GPUs with spec.gpu, not resources")
+            if isinstance(quantity, str) and not re.match(QUANTITY_PATTERN, quantity):
+                raise ValueError(f"{name}: {quantity!r} is not a Kubernetes quantity")
+        return value
+
+
+DEFAULT_RESOURCES = Resources(requests={"cpu": "500m", "memory": "1Gi"})
+
+
+class Toleration(_Model):
+    """A Pod toleration, passed through to the serving pods."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default).")
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class Batching(_Model):
+    """Dynamic batching in the server: requests are grouped up to a size or a delay."""
+
+    max_batch_size: int | None = Field(
+        default=None,
+        description="Largest batch the server forms (server default when unset).",
+        json_schema_extra=_range_rule(1, 4096),
+    )
+    max_delay_ms: int | None = Field(
+        default=None,
+        description="Longest a request waits for others to join its batch, in milliseconds.",
+        json_schema_extra=_range_rule(0, 60000),
+    )
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _size(cls, value: int | None) -> int | None:
+        return _check_range(value, 1, 4096)
+
+    @field_validator("max_delay_ms")
+    @classmethod
+    def _delay(cls, value: int | None) -> int | None:
+        return _check_range(value, 0, 60000)
+
+
+class Istio(_Model):
+    """Routing through Istio, used when its CRDs are installed in the cluster."""
+
+    hosts: list[str] | None = Field(
+        default=None,
+        description="Extra hosts for the VirtualService (e.g. an ingress name); the Service's own "
+        "cluster-local name is always included.",
+        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+    )
+    gateways: list[str] | None = Field(
+        default=None,
+        description="Gateways (namespace/name) the VirtualService binds to; the mesh is always included.",
+        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+    )
+
+
+class ModelDeploymentSpec(_Model):
+    """What to serve and how: a model on a claim, optionally a canary, replicas, resources and routing."""
+
+    model: ModelSource = Field(description="The stable model: every request goes here unless a canary takes a share.")
+    canary: Canary | None = Field(
+        default=None, description="Optional canary; remove it to send all traffic back to the stable model."
+    )
+    replicas: Replicas | None = Field(default=None, description="Replica bounds per track (default 1).")
+    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaler target (default 70% CPU).")
+    resources: Resources | None = Field(default=None, description="Container resources (CPU and memory).")
+    gpu: int | None = Field(
+        default=None,
+        description="NVIDIA GPUs per replica (nvidia.com/gpu); 0 (the default) runs on CPU. Above 0 the pods "
+        "get the GPU limit, the usual nvidia.com/gpu toleration and the GPU server image.",
+        json_schema_extra=_range_rule(0, 64),
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Node labels the serving pods must run on.",
+        json_schema_extra={"maxProperties": 64},
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Extra tolerations for the serving pods.", json_schema_extra={"maxItems": 32}
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="A Pod affinity stanza, passed through unchanged."
+    )
+    batching: Batching | None = Field(default=None, description="Dynamic batching in the server.")
+    istio: Istio | None = Field(default=None, description="Istio routing options.")
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: int | None) -> int | None:
+        return _check_range(value, 0, 64)
+
+    # Effective values: the defaults applied in code, never stored in the object.
+    @property
+    def stable_replicas(self) -> Replicas:
+        return self.replicas or Replicas()
+
+    @property
+    def canary_replicas(self) -> Replicas:
+        if self.canary is not None and self.canary.replicas is not None:
+            return self.canary.replicas
+        return self.stable_replicas
+
+    @property
+    def gpus(self) -> int:
+        return self.gpu or 0
+
+    @property
+    def canary_weight(self) -> int:
+        return self.canary.weight if self.canary is not None else 0
+
+    @property
+    def effective_resources(self) -> Resources:
+        return self.resources or DEFAULT_RESOURCES
+
+    @property
+    def cpu_target(self) -> int:
+        return (self.autoscaling or Autoscaling()).effective_cpu_utilization
+
+
+Status = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Model):
+    """A condition in the shape of the Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Ready, ModelSourceReady, StableReady, CanaryReady or RoutingReady.")
+    status: Status = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field(max_length=32768, description="What happened, for people.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this condition was computed for."
+    )
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+
+
+class Traffic(_Model):
+    """The split of requests between the tracks, in percent."""
+
+    stable: int = Field(description="Percent of requests served by the stable model.")
+    canary: int = Field(description="Percent of requests served by the canary model.")
+
+
+class ModelDeploymentStatus(_Model):
+    """What the operator observed; written only through the status subresource."""
+
+    observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready (overall) and the parts: ModelSourceReady, StableReady, CanaryReady, RoutingReady.",
+        json_schema_extra={"maxItems": 16, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    traffic: Traffic | None = Field(default=None, description="The request split in effect.")
+    url: str | None = Field(default=None, description="Where clients in the cluster reach the model.")
+    ready_replicas: int | None = Field(default=None, description="Ready serving pods over both tracks.")
+    desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")
+    replica_summary: str | None = Field(default=None, description="ready/desired, for the REPLICAS column.")
+    traffic_summary: str | None = Field(default=None, description="stable/canary percent, for the TRAFFIC column.")
+
+
+class ModelDeployment(_Model):
+    """A model served from a PersistentVolumeClaim, with optional canary routing."""
+
+    api_version: Literal["modeldeploy.dev/v1alpha1"] = Field(default="modeldeploy.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it names the children "
+                "(e.g. <name>-canary)"),
+            cel(f"self.metadata.name.matches('{NAME_PATTERN}')",
+                "metadata.name must be a DNS label starting with a letter: it names the Service"),
+        )
+    )
+
+
+def parse_spec(spec: object) -> ModelDeploymentSpec:
+    """Validate a stored spec; raises pydantic.ValidationError with the field paths on bad input."""
+    return ModelDeploymentSpec.model_validate(spec)
+
+
+def check_name(name: str) -> None:
+    """The same rule as the CRD's CEL rule on metadata.name."""
+    if len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name):
+        raise ValueError(
+            f"metadata.name {name!r} must be a DNS label starting with a letter, at most {MAX_NAME_LENGTH} "
+            "characters"
+        )

@@ -1,0 +1,331 @@
+"""Pure: what was observed in the cluster -> the ModelDeployment's status.
+
+Follows the Kubernetes API conventions for conditions (type, status, reason, message,
+observedGeneration, lastTransitionTime kept while the status does not change). The rule users rely
+on: Ready is True only when stable pods actually serve. The reasons for not being ready are taken
+from where Kubernetes reports them (claim phase, pod scheduling, container termination message,
+Deployment progress) and carried verbatim, so `kubectl get md` says why without digging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy_operator import builders
+from modeldeploy_operator import spec as specs
+from modeldeploy_operator.builders import IstioApi, Owner, Track
+from modeldeploy_operator.config import ServingConfig
+
+READY = "Ready"
+MODEL_SOURCE_READY = "ModelSourceReady"
+STABLE_READY = "StableReady"
+CANARY_READY = "CanaryReady"
+ROUTING_READY = "RoutingReady"
+CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY)
+TRACK_CONDITION: dict[Track, str] = {"stable": STABLE_READY, "canary": CANARY_READY}
+
+MAX_MESSAGE = 2000
+# Waiting reasons that mean the container will not come up without someone acting.
+STUCK_WAITING_REASONS = frozenset({
+    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+    "CreateContainerError", "InvalidImageName", "RunContainerError",
+})
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """The few fields of a Deployment that status needs (kept small: one per track in memory)."""
+
+    name: str
+    generation: int
+    observed_generation: int
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    track: str
+    ready: bool
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything status depends on, gathered by the controller from its watch cache."""
+
+    owner: Owner
+    generation: int
+    spec: specs.ModelDeploymentSpec
+    claims: Mapping[str, str | None]  # claim name -> phase, None when the claim does not exist
+    deployments: Mapping[str, DeploymentView]  # track -> view
+    pods: Sequence[PodView] = ()
+    istio: IstioApi | None = None
+    apply_errors: Mapping[str, str] = field(default_factory=dict)  # child "Kind/name" -> error
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def summarize_deployment(body: Mapping[str, Any]) -> DeploymentView:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {}) or {}
+    problem = None
+    for condition in status.get("conditions", []) or []:
+        kind, state, reason = condition.get("type"), condition.get("status"), condition.get("reason", "")
+        if kind == "ReplicaFailure" and state == "True":
+            problem = Problem("ReplicaFailure", _clip(condition.get("message", reason)))
+        elif kind == "Progressing" and state == "False" and reason == "ProgressDeadlineExceeded":
+            problem = problem or Problem("ProgressDeadlineExceeded", _clip(condition.get("message", reason)))
+    return DeploymentView(
+        name=meta.get("name", ""),
+        generation=int(meta.get("generation", 0)),
+        observed_generation=int(status.get("observedGeneration", 0)),
+        replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+        ready_replicas=int(status.get("readyReplicas", 0) or 0),
+        updated_replicas=int(status.get("updatedReplicas", 0) or 0),
+        problem=problem,
+    )
+
+
+def _container_problem(pod_name: str, container: Mapping[str, Any]) -> Problem | None:
+    name = container.get("name", "")
+    state = container.get("state", {}) or {}
+    last = container.get("lastState", {}) or {}
+    terminated = state.get("terminated") or last.get("terminated")
+    waiting = state.get("waiting") or {}
+    if terminated and (terminated.get("message") or terminated.get("exitCode", 0) != 0):
+        detail = terminated.get("message") or terminated.get("reason") or "no message"
+        return Problem(
+            "ServerTerminated",
+            _clip(f"pod {pod_name}: container {name} terminated (exit code {terminated.get('exitCode')}): {detail}"),
+        )
+    if waiting.get("reason") in STUCK_WAITING_REASONS:
+        return Problem(waiting["reason"], _clip(f"pod {pod_name}: container {name}: {waiting.get('message', '')}"))
+    return None
+
+
+def summarize_pod(body: Mapping[str, Any]) -> PodView:
+    """Only not-ready pods can carry a problem: a container that crashed once and recovered is fine."""
+    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
+    name = meta.get("name", "")
+    track = (meta.get("labels") or {}).get(builders.LABEL_TRACK, "")
+    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
+    ready = conditions.get("Ready", {}).get("status") == "True" and not meta.get("deletionTimestamp")
+    problem = None
+    if not ready and not meta.get("deletionTimestamp"):
+        containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+        for container in containers:
+            problem = _container_problem(name, container)
+            if problem:
+                break
+        scheduled = conditions.get("PodScheduled", {})
+        if problem is None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            problem = Problem("Unschedulable", _clip(f"pod {name}: {scheduled.get('message', '')}"))
+        if problem is None and status.get("phase") == "Failed":
+            problem = Problem(status.get("reason") or "PodFailed", _clip(f"pod {name}: {status.get('message', '')}"))
+    return PodView(name=name, track=track, ready=ready, problem=problem)
+
+
+def claim_phase(body: Mapping[str, Any]) -> str:
+    return str((body.get("status") or {}).get("phase") or "Pending")
+
+
+@dataclass(frozen=True)
+class _Cond:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def _model_source(obs: Observation) -> _Cond:
+    for claim in builders.claims(obs.spec):
+        phase = obs.claims.get(claim)
+        where = f"PersistentVolumeClaim {claim!r} in namespace {obs.owner.namespace!r}"
+        if phase is None:
+            return _Cond(MODEL_SOURCE_READY, "False", "ClaimNotFound", f"{where} does not exist")
+        if phase == "Pending":
+            return _Cond(MODEL_SOURCE_READY, "False", "ClaimPending", f"{where} is Pending: not bound to a volume yet")
+        if phase != "Bound":
+            return _Cond(MODEL_SOURCE_READY, "False", f"Claim{phase}", f"{where} is {phase}")
+    names = ", ".join(builders.claims(obs.spec))
+    return _Cond(MODEL_SOURCE_READY, "True", "ClaimBound", f"PersistentVolumeClaim {names} bound")
+
+
+def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
+    """The track's condition plus its ready and desired pod counts."""
+    kind = TRACK_CONDITION[track]
+    wanted = builders.track_replicas(obs.spec, track).effective_min
+    view = obs.deployments.get(track)
+    if view is None:
+        missing = f"Deployment {builders.child_name(obs.owner, track)} does not exist yet"
+        return _Cond(kind, "False", "DeploymentNotFound", missing), 0, wanted
+    ready, desired = view.ready_replicas, view.replicas
+    counts = f"{ready}/{desired} replicas ready"
+    problems = [p.problem for p in obs.pods if p.track == track and p.problem is not None]
+    if problems:
+        return _Cond(kind, "False", problems[0].reason, problems[0].message), ready, desired
+    if view.problem is not None:
+        return _Cond(kind, "False", view.problem.reason, view.problem.message), ready, desired
+    if view.observed_generation < view.generation:
+        pending = f"Deployment {view.name} has not seen its latest spec yet"
+        return _Cond(kind, "False", "RolloutPending", pending), ready, desired
+    if view.updated_replicas < desired:
+        message = f"rolling out: {view.updated_replicas}/{desired} replicas run the latest spec; {counts}"
+        return _Cond(kind, "False", "RollingOut", message), ready, desired
+    if desired == 0 or ready < desired:
+        return _Cond(kind, "False", "ReplicasNotReady", counts), ready, desired
+    return _Cond(kind, "True", "ReplicasReady", counts), ready, desired
+
+
+def traffic(obs: Observation, ready: Mapping[str, int]) -> dict[str, int]:
+    """The split in effect: Istio's weights, or without Istio what the Service's pod mix gives."""
+    if obs.istio is not None:
+        return builders.weights(obs.spec)
+    tracks = builders.service_tracks(obs.spec, None)
+    if len(tracks) == 1:
+        return {"stable": 100 if tracks[0] == "stable" else 0, "canary": 100 if tracks[0] == "canary" else 0}
+    total = ready.get("stable", 0) + ready.get("canary", 0)
+    if total == 0:
+        return builders.weights(obs.spec)
+    canary = round(100 * ready.get("canary", 0) / total)
+    return {"stable": 100 - canary, "canary": canary}
+
+
+def _routing(obs: Observation, split: Mapping[str, int]) -> _Cond:
+    routing_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()
+                      if child.split("/")[0] in {"VirtualService", "DestinationRule", "Service"}]
+    if routing_errors:
+        return _Cond(ROUTING_READY, "False", "ApplyFailed", "; ".join(routing_errors))
+    if obs.istio is None:
+        message = "Istio (networking.istio.io) is not installed: requests are routed by the Service alone"
+        if obs.spec.canary is not None:
+            requested = obs.spec.canary_weight
+            message += (f"; the canary gets {split['canary']}% of the ready pods' share instead of the "
+                        f"requested {requested}% (install Istio for exact weights)")
+        return _Cond(ROUTING_READY, "False", "IstioNotInstalled", message)
+    message = f"VirtualService {obs.owner.name} routes {split['stable']}% to stable"
+    if obs.spec.canary is not None:
+        message += f" and {split['canary']}% to canary"
+    return _Cond(ROUTING_READY, "True", "WeightsApplied", message)
+
+
+def _overall(parts: list[_Cond], obs: Observation, summary: str) -> _Cond:
+    other_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()]
+    if other_errors:
+        return _Cond(READY, "False", "ApplyFailed", "; ".join(other_errors))
+    for part in parts:
+        if part.status != "True":
+            return _Cond(READY, part.status, part.reason, f"{part.type}: {part.message}")
+    return _Cond(READY, "True", "Serving", summary)
+
+
+def _stamp(cond: _Cond, generation: int, previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
+    before = previous.get(cond.type)
+    unchanged = before is not None and before.get("status") == cond.status and before.get("lastTransitionTime")
+    return {
+        "type": cond.type,
+        "status": cond.status,
+        "reason": cond.reason,
+        "message": _clip(cond.message),
+        "observedGeneration": generation,
+        "lastTransitionTime": before["lastTransitionTime"] if unchanged and before else now,
+    }
+
+
+def _by_type(conditions: Iterable[Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
+    return {str(c.get("type")): c for c in conditions or []}
+
+
+def compute_status(
+    obs: Observation, previous: Mapping[str, Any] | None, now: str, config: ServingConfig
+) -> dict[str, Any]:
+    """The full status stanza for one reconcile; `now` is an RFC 3339 timestamp supplied by the caller."""
+    source = _model_source(obs)
+    stable, stable_ready, stable_desired = _track(obs, "stable")
+    ready_counts = {"stable": stable_ready}
+    desired_total, ready_total = stable_desired, stable_ready
+    if obs.spec.canary is not None:
+        canary, canary_ready, canary_desired = _track(obs, "canary")
+        ready_counts["canary"] = canary_ready
+        desired_total += canary_desired
+        ready_total += canary_ready
+    else:
+        canary = _Cond(CANARY_READY, "True", "NoCanary", "no canary is configured")
+    split = traffic(obs, ready_counts)
+    routing = _routing(obs, split)
+    # A canary only holds Ready back while it receives requests: at 0% its failures hurt nobody.
+    parts = [source, stable]
+    if obs.spec.canary is not None and split["canary"] > 0:
+        parts.append(canary)
+    if routing.reason == "ApplyFailed":
+        parts.append(routing)
+    summary = f"stable serving on {stable_ready}/{stable_desired} replicas"
+    if obs.spec.canary is not None:
+        summary += f"; canary {canary.reason} with {split['canary']}% of requests"
+    overall = _overall(parts, obs, summary)
+    prior = _by_type((previous or {}).get("conditions"))
+    conditions = [_stamp(c, obs.generation, prior, now) for c in (overall, source, stable, canary, routing)]
+    return {
+        "observedGeneration": obs.generation,
+        "conditions": conditions,
+        "traffic": split,
+        "url": builders.url(obs.owner, config),
+        "readyReplicas": ready_total,
+        "desiredReplicas": desired_total,
+        "replicaSummary": f"{ready_total}/{desired_total}",
+        "trafficSummary": f"{split['stable']}/{split['canary']}",
+    }
+
+
+def invalid_spec_status(
+    generation: int, message: str, previous: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """A stored spec the operator cannot use (e.g. written before a CRD upgrade): say so, touch nothing."""
+    prior = _by_type((previous or {}).get("conditions"))
+    cond = _Cond(READY, "False", "InvalidSpec", message)
+    kept = [dict(c) for t, c in prior.items() if t != READY]
+    return {**(previous or {}), "observedGeneration": generation,
+            "conditions": [_stamp(cond, generation, prior, now), *kept]}
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """A Kubernetes Event to post for a condition that changed."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[EventNote]:
+    """One Event per condition whose status or reason changed; Warnings for the ones going wrong."""
+    before = _by_type((previous or {}).get("conditions"))
+    notes = []
+    for cond in current.get("conditions", []):
+        old = before.get(cond["type"])
+        if old is not None and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
+            continue
+        if old is None and cond["status"] == "True" and cond["type"] != READY:
+            continue  # the first status of a healthy part is not news
+        kind = "Normal" if cond["status"] == "True" else "Warning"
+        notes.append(EventNote(kind, cond["reason"], f"{cond['type']} is {cond['status']}: {cond['message']}"))
+    return notes
+
+
+def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Equal apart from ordering: the controller skips the status write when nothing changed."""
+    return dict(a or {}) == dict(b or {})
