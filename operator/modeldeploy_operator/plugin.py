@@ -166,7 +166,11 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     spec_replicas = spec.get("replicas")
     if spec_replicas:
         fields.append(("Replicas (spec)", describe_counts(spec_replicas)))
-    if "replicas" in status:
+    if "readyReplicas" in status or "desiredReplicas" in status:
+        fields.append(
+            ("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready")
+        )
+    elif "replicas" in status:
         fields.append(("Replicas", describe_counts(status["replicas"])))
     fields.append(("URL", status.get("url") or "<not reported yet>"))
     fields.append(

@@ -69,6 +69,8 @@ def resource_with_canary() -> dict[str, Any]:
             ],
             "traffic": {"stable": 75, "canary": 25},
             "url": "http://sentiment.ml.svc.cluster.local",
+            "readyReplicas": 2,
+            "desiredReplicas": 3,
         },
     }
 
@@ -176,6 +178,7 @@ def test_status_summary_names_models_traffic_url_and_conditions_in_order() -> No
     assert any(line.startswith("Traffic:") and "stable 75%, canary 25%" in line for line in lines)
     assert any(line.startswith("URL:") and "http://sentiment.ml.svc.cluster.local" in line for line in lines)
     assert any(line.startswith("Replicas (spec):") and "min 2, max 10" in line for line in lines)
+    assert any(line.startswith("Replicas:") and "2/3 ready" in line for line in lines)
     assert not any(line.startswith("Warning:") for line in lines)
 
     table = lines[lines.index("Conditions:") + 1 :]
