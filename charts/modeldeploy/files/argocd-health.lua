@@ -6,39 +6,46 @@
 -- Rules, in order:
 --   1. no status yet, or status.observedGeneration < metadata.generation
 --        -> Progressing ("waiting for the operator to observe generation N")
---   2. Ready is False with a hard-failure reason (below), or a part condition
---      (ModelSourceReady, StableReady, CanaryReady, RoutingReady) is False with one
+--   2. Ready, ModelSourceReady, StableReady or RoutingReady is False with a hard-failure
+--      reason (below); or CanaryReady is, while spec.canary.trafficPercent > 0
 --        -> Degraded, with that condition's reason and message
 --   3. Ready is True -> Healthy (message: traffic split and URL)
 --   4. anything else (Ready False with a transient reason, Unknown, or missing)
 --        -> Progressing, with Ready's reason and message
 --
--- Hard failures are reasons that will not fix themselves by waiting: a person has to
--- change the resource, the model, the claim or the cluster. Everything else (pods
--- starting, a claim waiting for its first consumer, a rollout in progress, an
--- unschedulable pod the cluster autoscaler may still place) stays Progressing, so Argo CD
--- does not raise alarms during a normal rollout.
+-- Hard failures are reasons that will not fix themselves by waiting: a person has to change
+-- the resource, the model, the claim or the cluster. Everything else (pods starting, a claim
+-- waiting for its first consumer, a rollout in progress, a pod the cluster autoscaler may
+-- still place, an API error the operator retries) stays Progressing, so Argo CD raises no
+-- alarm during a normal rollout. A canary rolled back to 0% of the traffic and kept for a look
+-- does not degrade the resource, just as it does not hold the operator's Ready back.
 local HARD_FAILURES = {
   -- the model source
-  ClaimNotFound = true,            -- the PersistentVolumeClaim named in spec does not exist
-  ClaimLost = true,                -- the claim's volume is gone
-  ModelNotFound = true,            -- the server found no file at the model path
-  ModelChecksumMismatch = true,    -- the file does not match spec.model.sha256
-  ModelLoadFailed = true,          -- onnxruntime refused the model
-  -- the pods
-  ContainerTerminated = true,      -- the server exited with a termination message
-  CrashLoopBackOff = true,         -- the server keeps restarting
-  ImagePullBackOff = true,         -- the serving image cannot be pulled
+  ClaimNotFound = true,              -- the PersistentVolumeClaim named in spec does not exist
+  ClaimLost = true,                  -- the claim lost its volume
+  -- the serving pods
+  ServerTerminated = true,           -- the server exited; the message is its load error
+                                     -- (missing file, sha256 mismatch, invalid model)
+  CrashLoopBackOff = true,           -- the server keeps restarting
+  ImagePullBackOff = true,           -- the serving image cannot be pulled
   ErrImagePull = true,
-  CreateContainerConfigError = true,
+  InvalidImageName = true,
+  CreateContainerConfigError = true, -- e.g. a missing ConfigMap or Secret
+  CreateContainerError = true,
+  RunContainerError = true,
   -- the rollout
-  ProgressDeadlineExceeded = true, -- the Deployment cannot progress
-  ReplicaFailure = true,           -- the ReplicaSet cannot create pods (quota, admission)
+  ProgressDeadlineExceeded = true,   -- the Deployment cannot progress
+  ReplicaFailure = true,             -- the ReplicaSet cannot create pods (quota, admission)
   -- the resource itself
-  InvalidSpec = true,              -- the spec passed the API server but the operator rejects it
+  InvalidSpec = true,                -- the stored spec is one the operator cannot use
 }
 
 local PARTS = { "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady" }
+
+local function canary_wants_traffic(resource)
+  local canary = resource.spec ~= nil and resource.spec.canary or nil
+  return canary ~= nil and canary.trafficPercent ~= nil and canary.trafficPercent > 0
+end
 
 local function find_condition(conditions, wanted)
   if conditions == nil then
@@ -99,7 +106,8 @@ local function assess(resource)
   end
   for _, part in ipairs(PARTS) do
     local condition = find_condition(conditions, part)
-    if is_hard_failure(condition) then
+    local counts = part ~= "CanaryReady" or canary_wants_traffic(resource)
+    if counts and is_hard_failure(condition) then
       hs.status = "Degraded"
       hs.message = describe(condition, part .. " ")
       return hs

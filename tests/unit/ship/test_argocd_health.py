@@ -7,12 +7,15 @@ Argo CD executes the script with gopher-lua (Lua 5.1 semantics): the resource is
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import lupa.lua51
 import pytest
 import yaml
+
+from modeldeploy_operator import status as operator_status
 
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
@@ -91,19 +94,45 @@ def hard_failure_reasons() -> list[str]:
     return sorted(str(key) for key in reasons)
 
 
-def test_hard_failure_table_is_not_empty() -> None:
-    assert {"ClaimNotFound", "ContainerTerminated", "ProgressDeadlineExceeded"} <= set(hard_failure_reasons())
+def test_hard_failures_cover_what_the_operator_reports_as_stuck() -> None:
+    """Reasons the operator emits for failures that need a person; renaming one there fails here."""
+    hard = set(hard_failure_reasons())
+    assert operator_status.STUCK_WAITING_REASONS.issubset(hard)
+    operator_source = inspect.getsource(operator_status)
+    for reason in ("ClaimNotFound", "ServerTerminated", "ProgressDeadlineExceeded", "ReplicaFailure", "InvalidSpec"):
+        assert reason in hard
+        assert f'"{reason}"' in operator_source, f"the operator no longer reports {reason}"
+    for transient in ("ClaimPending", "ReplicasNotReady", "RollingOut", "RolloutPending", "Unschedulable"):
+        assert transient not in hard
+
+
+def with_failing(part: str, reason: str, canary_percent: int | None = 10) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": "True", "reason": "Serving"}] if part != "Ready" else []
+    conditions.append({"type": part, "status": "False", "reason": reason, "message": "details"})
+    resource: dict[str, Any] = {
+        "metadata": {"generation": 2},
+        "spec": {"model": {"pvc": "m", "path": "a.onnx"}},
+        "status": {"observedGeneration": 2, "conditions": conditions},
+    }
+    if canary_percent is not None:
+        resource["spec"]["canary"] = {"model": {"pvc": "m", "path": "b.onnx"}, "trafficPercent": canary_percent}
+    return resource
 
 
 @pytest.mark.parametrize("reason", hard_failure_reasons())
 @pytest.mark.parametrize("part", ["Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady"])
 def test_each_hard_failure_degrades_from_any_condition(reason: str, part: str) -> None:
-    conditions = [{"type": "Ready", "status": "True", "reason": "Ready"}] if part != "Ready" else []
-    conditions.append({"type": part, "status": "False", "reason": reason, "message": "details"})
-    resource = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "conditions": conditions}}
-    result = run_health_check(resource)
+    result = run_health_check(with_failing(part, reason))
     assert result["status"] == "Degraded"
     assert reason in result["message"] and "details" in result["message"]
+
+
+@pytest.mark.parametrize("canary_percent", [0, None])
+def test_failing_canary_without_traffic_does_not_degrade(canary_percent: int | None) -> None:
+    resource = with_failing("CanaryReady", "CrashLoopBackOff", canary_percent)
+    assert run_health_check(resource)["status"] == "Healthy"
+    resource["spec"].pop("canary", None)
+    assert run_health_check(resource)["status"] == "Healthy"
 
 
 @pytest.mark.parametrize("reason", ["ReplicasNotReady", "ClaimPending", "Unschedulable", "Reconciling"])
@@ -121,7 +150,5 @@ def test_transient_reasons_stay_progressing(reason: str) -> None:
 def test_hard_failure_reported_as_true_is_not_degraded() -> None:
     """Only a False condition degrades: a True condition with an odd reason is fine."""
     resource = ready_resource(1, 1)
-    resource["status"]["conditions"].append(
-        {"type": "StableReady", "status": "True", "reason": "ClaimNotFound"}
-    )
+    resource["status"]["conditions"].append({"type": "StableReady", "status": "True", "reason": "ClaimNotFound"})
     assert run_health_check(resource)["status"] == "Healthy"

