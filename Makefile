@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries lint crd test unit integration cluster-up cluster-down bench demo e2e-kind clean
+.PHONY: help venv binaries lint generate test unit integration cluster-up cluster-down bench demo e2e-kind clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -24,9 +24,14 @@ venv: $(VENV)/.installed ## virtual env with the operator, the server and the de
 binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
 	bash hack/build-binaries.sh
 
-lint: venv ## ruff, mypy, and the generated CRD is up to date
+lint: venv ## ruff and mypy (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
+	$(PY) -m modeldeploy_operator.crd --write
+	cp crds/modeldeployments.yaml charts/modeldeploy/crds/modeldeployments.yaml
+	$(PY) hack/make_dashboard.py
 
 test: venv binaries lint ## everything: lint, unit, server over HTTP, integration on the real control plane
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -42,6 +47,12 @@ cluster-up: venv binaries ## start a local control plane in the background; prin
 
 cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down
+
+demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
+	$(PY) hack/demo.py
+
+e2e-kind: venv ## the same on kind with real images (needs Docker and kind; see hack/e2e-kind.sh)
+	bash hack/e2e-kind.sh
 
 clean: cluster-down
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -552,6 +552,14 @@ def stop_processes(pids: dict[str, int], children: dict[str, subprocess.Popen[by
                 children[name].wait(timeout=10)
 
 
+def register_process(state_dir: Path, name: str, pid: int) -> None:
+    """Make ``down`` stop a process started next to a detached cluster (the demo's operator)."""
+    state_file = state_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    state["pids"][name] = pid
+    state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,0 +1,108 @@
+"""The Helm chart: lint clean, installs the CRD and a running operator, uninstalls cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import localcluster
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "modeldeploy"
+CRD_NAME = "modeldeployments.modeldeploy.dev"
+
+
+def helm(bin_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(bin_dir / "helm"), *args], capture_output=True, text=True, env=env, timeout=180, check=False
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}{result.stdout}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def bin_dir() -> Path:
+    return localcluster.ensure_binaries()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true", "--set", "replicaCount=2"]],
+    ids=["defaults", "everything-on"],
+)
+def test_helm_lint_is_clean(bin_dir: Path, values: list[str]) -> None:
+    result = helm(bin_dir, "lint", "--strict", str(CHART), *values)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def render(bin_dir: Path, *values: str) -> list[dict[str, Any]]:
+    rendered = helm(bin_dir, "template", "md", str(CHART), "--namespace", "ops", "--include-crds", *values).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_rendered_chart_carries_the_single_sources(bin_dir: Path) -> None:
+    docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true")
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert by_kind["CustomResourceDefinition"] == yaml.safe_load((REPO / "crds" / "modeldeployments.yaml").read_text())
+    rules = yaml.safe_load((CHART / "files" / "clusterrole-rules.yaml").read_text())
+    assert by_kind["ClusterRole"]["rules"] == rules
+    dashboard = json.loads(by_kind["ConfigMap"]["data"]["modeldeploy.json"])
+    assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    endpoint = by_kind["ServiceMonitor"]["spec"]["endpoints"][0]
+    assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "track"}
+
+
+def test_operator_pod_meets_restricted_pod_security(bin_dir: Path) -> None:
+    deployment = next(doc for doc in render(bin_dir) if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def get(cluster: localcluster.Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("get", *args, "-o", "json", check=False)
+
+
+def test_helm_install_runs_the_operator_and_uninstall_keeps_only_the_crd(
+    cluster: localcluster.Cluster, namespace: str
+) -> None:
+    # Pod Security "restricted" is enforced: the operator pod is admitted only if it complies.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=true")
+    release = f"md-{namespace}"[:40]
+    try:
+        helm(cluster.bin_dir, "install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "90s",
+             env=cluster.env)  # fmt: skip
+        crd = json.loads(get(cluster, "crd", CRD_NAME).stdout)
+        assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}["Established"] == "True"
+        deployment_name = f"{release}-modeldeploy" if "modeldeploy" not in release else release
+        deployment = json.loads(get(cluster, "deployment", deployment_name, "-n", namespace).stdout)
+        assert deployment["status"]["availableReplicas"] == 1
+        pods = json.loads(get(cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator").stdout)
+        assert [p["status"]["phase"] for p in pods["items"]] == ["Running"]
+        assert pods["items"][0]["spec"]["nodeName"].startswith("kwok-")
+        role = json.loads(get(cluster, "clusterrole", deployment_name).stdout)
+        assert role["rules"] == yaml.safe_load((CHART / "files" / "clusterrole-rules.yaml").read_text())
+
+        helm(cluster.bin_dir, "uninstall", release, "--namespace", namespace, "--wait", env=cluster.env)
+        for kind, name, scope in (
+            ("deployment", deployment_name, ["-n", namespace]),
+            ("serviceaccount", deployment_name, ["-n", namespace]),
+            ("clusterrole", deployment_name, []),
+            ("clusterrolebinding", deployment_name, []),
+        ):
+            assert get(cluster, kind, name, *scope).returncode != 0, f"{kind}/{name} left behind"
+        assert get(cluster, "crd", CRD_NAME).returncode == 0, "the CRD must stay, as Helm does"
+    finally:
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
