@@ -338,7 +338,7 @@ class ModelDeployments:
                     return PluginError(
                         f"the {PLURAL}.{GROUP} API is not installed on this cluster (apply the CRD)"
                     )
-                return PluginError(f"{where} not found")
+                return PluginError(f'{PLURAL}.{GROUP} "{name}" not found in namespace "{self.namespace}"')
             if error.status == 409:
                 return ConflictError(
                     f"{where} changed while this command ran; run it again ({_api_message(error)})"

@@ -299,3 +299,37 @@ def test_namespace_comes_from_the_current_context(tmp_path: Any) -> None:
 def test_unreadable_kubeconfig_is_a_clear_error(tmp_path: Any) -> None:
     with pytest.raises(plugin.PluginError, match="cannot read kubeconfig"):
         plugin.resolve_connection(str(tmp_path / "missing"), None, None)
+
+
+def test_unreachable_api_server_is_a_clear_error(tmp_path: Any) -> None:
+    """Nothing listens on the port: one line naming the problem, exit status 1, no traceback."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "one", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "one",
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kubectl-modeldeploy"), "--kubeconfig", str(kubeconfig), "status", "x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach the API server") and "Traceback" not in result.stderr
