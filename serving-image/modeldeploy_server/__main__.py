@@ -21,6 +21,7 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from modeldeploy_server.app import Lifecycle, create_app, write_termination_message
 from modeldeploy_server.settings import Settings, load_settings
@@ -118,8 +119,8 @@ def serve(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
-    except ValidationError as exc:
-        reason = _config_error(exc)
+    except (ValidationError, SettingsError) as exc:
+        reason = _config_error(exc) if isinstance(exc, ValidationError) else f"invalid configuration: {exc}"
         _configure_logging("info")
         log.error("%s", reason)
         write_termination_message(

@@ -114,6 +114,12 @@ class ServerMetrics:
             ["model"],
             registry=registry,
         )
+        self.in_flight = Gauge(
+            "modeldeploy_requests_in_flight",
+            "Inference requests being handled (body read, queued or running).",
+            ["model"],
+            registry=registry,
+        )
         self.load_seconds = Gauge(
             "modeldeploy_model_load_seconds",
             "Time to verify, load and warm up the model.",

@@ -394,6 +394,7 @@ def build_router(plane: DataPlane) -> APIRouter:
     version_param = Annotated[str, Path(description='Model version; this server has "1".')]
     outcome_counters: dict[str, Callable[[], None]] = {}
     latency = plane.metrics.latency.labels(plane.name)
+    in_flight = plane.metrics.in_flight.labels(plane.name)
 
     def count(outcome: str) -> None:
         increment = outcome_counters.get(outcome)
@@ -453,7 +454,9 @@ def build_router(plane: DataPlane) -> APIRouter:
     async def run_infer(request: Request, model_name: str, version: str | None) -> Response:
         started = time.perf_counter()
         outcome = "error"
+        in_flight.inc()
         try:
+            plane.get_model(model_name, version)  # 404 / 503 before reading the body
             body = await request.body()
             header_length = request.headers.get(HEADER_LENGTH)
             if len(body) > _OFFLOAD_BYTES:
@@ -471,6 +474,7 @@ def build_router(plane: DataPlane) -> APIRouter:
             outcome = exc.outcome
             raise
         finally:
+            in_flight.dec()
             count(outcome)
             latency.observe(time.perf_counter() - started)
 

@@ -10,10 +10,10 @@ import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         0, ge=0, le=1024, description="onnxruntime intra-op threads; 0 = its default."
     )
     inference_workers: int = Field(1, ge=1, le=64, description="Threads running batches concurrently.")
-    execution_providers: tuple[str, ...] = Field(
+    execution_providers: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description='Providers in order, e.g. "tensorrt,cuda,cpu"; empty = CUDA if present, else CPU.',
     )

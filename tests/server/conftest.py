@@ -6,13 +6,14 @@ Every test talks to ``python -m modeldeploy_server`` over HTTP on a free loopbac
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,31 @@ def build_mlp(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         nodes,
         "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])],
+        initializer=weights,
+    )
+    return _save(graph, path)
+
+
+def build_slow(path: Path, layers: int = 6, width: int = 1024) -> Path:
+    """A deep MLP (64 -> width x layers -> 8, open batch) whose runs take milliseconds, so that
+    concurrent requests reliably meet in the queue."""
+    rng = np.random.default_rng(7)
+    sizes = [64, *([width] * layers), 8]
+    nodes, weights = [], []
+    current = "input"
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        matrix = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        weights.append(numpy_helper.from_array(matrix, f"w{index}"))
+        last = index == len(sizes) - 2
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], ["output" if last else f"m{index}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"m{index}"], [f"r{index}"]))
+            current = f"r{index}"
+    graph = helper.make_graph(
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])],
         initializer=weights,
@@ -179,7 +205,7 @@ def launch(
     *args: str,
     env: dict[str, str] | None = None,
     name: str | None = None,
-    user: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> RunningServer:
     """Start the server on a free loopback port (not waiting for readiness)."""
     port = free_port()
@@ -192,13 +218,13 @@ def launch(
         "LOG_LEVEL": "info",
         **(env or {}),
     }
-    command = [sys.executable, "-m", "modeldeploy_server", "--model", str(model), "--host", "127.0.0.1"]
+    command = [*prefix, sys.executable, "-m", "modeldeploy_server", "--model", str(model), "--host", "127.0.0.1"]
     command += ["--port", str(port), *args]
     if name:
         command += ["--name", name]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir, user=user
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir
         )
     return RunningServer(process, port, log_path, termination, name or model.stem)
 
@@ -209,6 +235,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_mlp(folder / "mlp.onnx")
     build_two_io(folder / "two_io.onnx")
     build_dynamic(folder / "dynamic.onnx")
+    build_slow(folder / "slow.onnx")
     return folder
 
 
@@ -218,8 +245,8 @@ def start_server(tmp_path: Path) -> Iterator[object]:
     servers: list[RunningServer] = []
 
     def start(model: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True,
-              name: str | None = None, user: int | None = None) -> RunningServer:
-        server = launch(model, tmp_path, *args, env=env, name=name, user=user)
+              name: str | None = None, prefix: Sequence[str] = ()) -> RunningServer:
+        server = launch(model, tmp_path, *args, env=env, name=name, prefix=prefix)
         servers.append(server)
         if wait:
             server.wait_ready()
