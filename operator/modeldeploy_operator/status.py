@@ -275,7 +275,8 @@ def compute_status(
         parts.append(routing)
     summary = f"stable serving on {stable_ready}/{stable_desired} replicas"
     if obs.spec.canary is not None:
-        summary += f"; canary {canary.reason} with {split['canary']}% of requests"
+        state = "serving" if canary.status == "True" else f"not ready ({canary.reason})"
+        summary += f"; canary {state} with {split['canary']}% of requests"
     overall = _overall(parts, obs, summary)
     prior = _by_type((previous or {}).get("conditions"))
     conditions = [_stamp(c, obs.generation, prior, now) for c in (overall, source, stable, canary, routing)]

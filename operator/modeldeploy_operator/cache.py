@@ -1,0 +1,253 @@
+"""The watch cache: small summaries of what kopf's watch streams delivered, read by the workers.
+
+Only what reconciling and status need is kept (a hash, a uid, a few counters per child), never whole
+bodies: at a thousand resources the operator must stay well under its memory budget. Written from
+kopf's event loop, read from the worker threads, hence one lock (held for dict operations only).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy_operator import builders, kube
+from modeldeploy_operator import status as statuses
+from modeldeploy_operator.builders import IstioApi
+
+Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
+ChildId = tuple[str, str]  # (kind, name)
+
+
+@dataclass
+class ResourceEntry:
+    """The ModelDeployment as last seen, minus everything the operator does not read."""
+
+    body: dict[str, Any]  # metadata (name, namespace, uid, generation, deletionTimestamp) and spec
+    status: dict[str, Any] | None
+    generation: int
+
+
+@dataclass(frozen=True)
+class ChildEntry:
+    kind: str
+    name: str
+    uid: str
+    applied_hash: str | None
+    foreign_edit: bool  # someone else changed spec fields since our last apply
+    replicas: int | None = None  # Deployments: spec.replicas, to undo a hand `kubectl scale`
+
+
+@dataclass
+class OwnerChildren:
+    children: dict[ChildId, ChildEntry] = field(default_factory=dict)
+    deployments: dict[str, statuses.DeploymentView] = field(default_factory=dict)
+    pods: dict[str, statuses.PodView] = field(default_factory=dict)
+
+
+def _foreign_spec_edit(body: Mapping[str, Any]) -> bool:
+    """A manager other than us wrote spec fields on the main resource (kubectl edit/patch/apply)."""
+    for entry in body.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == kube.FIELD_MANAGER or entry.get("subresource"):
+            continue
+        if "f:spec" in (entry.get("fieldsV1") or {}):
+            return True
+    return False
+
+
+def owner_key(body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata", {})
+    owner = (meta.get("labels") or {}).get(builders.LABEL_MD_NAME)
+    if not owner or not meta.get("namespace"):
+        return None
+    return (meta["namespace"], owner)
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    kept = {k: meta[k] for k in ("name", "namespace", "uid", "generation", "deletionTimestamp",
+                                 "resourceVersion") if k in meta}
+    return {"metadata": kept, "spec": body.get("spec") or {}}
+
+
+class WatchCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resources: dict[Key, ResourceEntry] = {}
+        self._owners: dict[Key, OwnerChildren] = {}
+        self._claims: dict[tuple[str, str], str] = {}
+        self._istio_crds: dict[str, str] = {}  # CRD kind -> preferred served version
+        self._istio_known = False
+
+    # ModelDeployments ------------------------------------------------------------------------------------
+
+    def observe_resource(self, body: Mapping[str, Any]) -> bool:
+        """Store a ModelDeployment; True when it needs a reconcile (new, spec or foreign status change)."""
+        meta = body.get("metadata", {})
+        key = (meta["namespace"], meta["name"])
+        generation = int(meta.get("generation", 0))
+        status = dict(body.get("status") or {}) or None
+        with self._lock:
+            before = self._resources.get(key)
+            self._resources[key] = ResourceEntry(_slim(body), status, generation)
+        if before is None or before.generation != generation:
+            return True
+        if meta.get("deletionTimestamp"):
+            return False
+        return before.status != status or before.body["metadata"].get("uid") != meta.get("uid")
+
+    def forget_resource(self, key: Key) -> None:
+        with self._lock:
+            self._resources.pop(key, None)
+
+    def resource(self, key: Key) -> ResourceEntry | None:
+        with self._lock:
+            return self._resources.get(key)
+
+    def resource_keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._resources)
+
+    def record_status(self, key: Key, status: dict[str, Any]) -> None:
+        """What we just wrote: the watch event that echoes it will then not trigger another reconcile."""
+        with self._lock:
+            entry = self._resources.get(key)
+            if entry is not None:
+                entry.status = status
+
+    def users_of_claim(self, namespace: str, claim: str) -> list[Key]:
+        with self._lock:
+            entries = [(k, e) for k, e in self._resources.items() if k[0] == namespace]
+        users = []
+        for key, entry in entries:
+            spec = entry.body.get("spec", {})
+            claims = {spec.get("model", {}).get("pvc"), ((spec.get("canary") or {}).get("model") or {}).get("pvc")}
+            if claim in claims:
+                users.append(key)
+        return users
+
+    # Children --------------------------------------------------------------------------------------------
+
+    def observe_child(self, body: Mapping[str, Any], kind: str | None = None) -> Key | None:
+        """Listed objects carry no `kind`, so the watch handlers name it; apply responses do carry it."""
+        key = owner_key(body)
+        if key is None:
+            return None
+        meta = body["metadata"]
+        kind = kind or str(body.get("kind", ""))
+        replicas = (body.get("spec") or {}).get("replicas") if kind == "Deployment" else None
+        entry = ChildEntry(
+            kind=kind,
+            name=meta["name"],
+            uid=meta.get("uid", ""),
+            applied_hash=(meta.get("annotations") or {}).get(builders.HASH_ANNOTATION),
+            foreign_edit=_foreign_spec_edit(body),
+            replicas=replicas,
+        )
+        view = statuses.summarize_deployment(body) if kind == "Deployment" else None
+        track = (meta.get("labels") or {}).get(builders.LABEL_TRACK)
+        with self._lock:
+            owner = self._owners.setdefault(key, OwnerChildren())
+            owner.children[(kind, meta["name"])] = entry
+            if view is not None and track:
+                owner.deployments[track] = view
+        return key
+
+    def forget_child(self, body: Mapping[str, Any], kind: str | None = None) -> Key | None:
+        key = owner_key(body)
+        if key is None:
+            return None
+        kind, name = kind or str(body.get("kind", "")), body["metadata"]["name"]
+        track = (body["metadata"].get("labels") or {}).get(builders.LABEL_TRACK)
+        with self._lock:
+            owner = self._owners.get(key)
+            if owner is not None:
+                gone = owner.children.pop((kind, name), None)
+                if kind == "Deployment" and track and gone is not None:
+                    owner.deployments.pop(track, None)
+                self._drop_if_empty(key, owner)
+        return key
+
+    def observe_pod(self, body: Mapping[str, Any]) -> Key | None:
+        key = owner_key(body)
+        if key is None:
+            return None
+        view = statuses.summarize_pod(body)
+        with self._lock:
+            self._owners.setdefault(key, OwnerChildren()).pods[view.name] = view
+        return key
+
+    def forget_pod(self, body: Mapping[str, Any]) -> Key | None:
+        key = owner_key(body)
+        if key is None:
+            return None
+        with self._lock:
+            owner = self._owners.get(key)
+            if owner is not None:
+                owner.pods.pop(body["metadata"]["name"], None)
+                self._drop_if_empty(key, owner)
+        return key
+
+    def _drop_if_empty(self, key: Key, owner: OwnerChildren) -> None:
+        if not owner.children and not owner.pods:
+            self._owners.pop(key, None)
+
+    def children(self, key: Key) -> dict[ChildId, ChildEntry]:
+        with self._lock:
+            owner = self._owners.get(key)
+            return dict(owner.children) if owner else {}
+
+    def deployments(self, key: Key) -> dict[str, statuses.DeploymentView]:
+        with self._lock:
+            owner = self._owners.get(key)
+            return dict(owner.deployments) if owner else {}
+
+    def pods(self, key: Key) -> list[statuses.PodView]:
+        with self._lock:
+            owner = self._owners.get(key)
+            return list(owner.pods.values()) if owner else []
+
+    # Claims and Istio ------------------------------------------------------------------------------------
+
+    def observe_claim(self, body: Mapping[str, Any]) -> tuple[str, str]:
+        meta = body["metadata"]
+        with self._lock:
+            self._claims[(meta["namespace"], meta["name"])] = statuses.claim_phase(body)
+        return meta["namespace"], meta["name"]
+
+    def forget_claim(self, body: Mapping[str, Any]) -> tuple[str, str]:
+        meta = body["metadata"]
+        with self._lock:
+            self._claims.pop((meta["namespace"], meta["name"]), None)
+        return meta["namespace"], meta["name"]
+
+    def claim_phases(self, namespace: str, claims: list[str]) -> dict[str, str | None]:
+        with self._lock:
+            return {claim: self._claims.get((namespace, claim)) for claim in claims}
+
+    def set_istio_crd(self, kind: str, version: str | None) -> bool:
+        """Record one Istio CRD's presence; True when routing availability changed."""
+        with self._lock:
+            before = self._istio_locked()
+            if version is None:
+                self._istio_crds.pop(kind, None)
+            else:
+                self._istio_crds[kind] = version
+            self._istio_known = True
+            return before != self._istio_locked()
+
+    def set_istio_version(self, version: str | None) -> None:
+        """The start-up discovery answer, used until the CRD watch has spoken."""
+        with self._lock:
+            if not self._istio_known:
+                self._istio_crds = {} if version is None else dict.fromkeys(kube.ISTIO_PLURALS, version)
+
+    def _istio_locked(self) -> IstioApi | None:
+        if all(kind in self._istio_crds for kind in kube.ISTIO_PLURALS):
+            return IstioApi(self._istio_crds["VirtualService"])
+        return None
+
+    def istio(self) -> IstioApi | None:
+        with self._lock:
+            return self._istio_locked()

@@ -1,0 +1,185 @@
+"""Thin kopf handlers: turn watch events into cache updates and queued keys, nothing more.
+
+Why these handler kinds and not kopf's @on.create/@on.update/@kopf.timer:
+- Those keep per-object state *on the object*: a `kopf.zalando.org/last-handled-configuration`
+  annotation (or a status stanza) and, for timers and daemons, a finalizer. Argo CD would show the
+  annotation as drift, a finalizer can wedge deletion when the operator is down, and ownerReferences
+  already clean up the children. So the operator keeps no state on the resource at all.
+- Index handlers (@kopf.index) see every object of a kind before kopf calls any other handler; they
+  fill the watch cache, so no reconcile ever acts on a half-listed cluster (e.g. would miss a canary
+  Deployment that must be deleted). They return None, so kopf itself stores nothing.
+- Event handlers (@kopf.on.event) cover deletions and mark the cache as synced.
+Create, update and resume all arrive here as watch events (ADDED, MODIFIED, and the initial listing
+after a restart); a resync thread re-queues everything periodically. Reconciling happens on the
+controller's worker threads, bounded in number, with per-key backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from modeldeploy_operator import builders, kube
+from modeldeploy_operator import spec as specs
+from modeldeploy_operator.controller import Controller
+
+MANAGED = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
+CHILD_RESOURCES: list[tuple[str, str, str, str]] = [  # group, version, plural, kind
+    ("apps", "v1", "deployments", "Deployment"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("", "v1", "services", "Service"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    (kube.ISTIO_GROUP, "", "virtualservices", "VirtualService"),
+    (kube.ISTIO_GROUP, "", "destinationrules", "DestinationRule"),
+]
+ISTIO_CRDS = {f"{plural}.{kube.ISTIO_GROUP}": kind for kind, plural in kube.ISTIO_PLURALS.items()}
+
+
+def _selector(group: str, version: str, plural: str) -> tuple[str, str] | tuple[str, str, str]:
+    """Arguments for kopf's resource selectors (core group as 'v1'; Istio at any served version)."""
+    if not group:
+        return (version, plural)
+    return (group, version, plural) if version else (group, plural)
+
+
+def controller_of(memo: Any) -> Controller:
+    controller: Controller = memo.controller
+    return controller
+
+
+def _resource_key(body: kopf.Body) -> tuple[str, str]:
+    return (str(body.metadata.namespace), str(body.metadata.name))
+
+
+# The ModelDeployments ---------------------------------------------------------------------------------------
+
+@kopf.index(specs.GROUP, specs.VERSION, specs.PLURAL)
+async def resource_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    if controller.cache.observe_resource(body):
+        controller.enqueue(_resource_key(body))
+
+
+@kopf.on.event(specs.GROUP, specs.VERSION, specs.PLURAL)
+async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.synced.set()
+    if event["type"] == "DELETED":
+        controller.cache.forget_resource(_resource_key(body))
+
+
+# Children: a hand-deleted or hand-edited child queues its owner, which puts it back -----------------------
+
+def _register_child(group: str, version: str, plural: str, kind: str) -> None:
+    selector = _selector(group, version, plural)
+
+    async def child_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        controller = controller_of(memo)
+        controller.enqueue(controller.cache.observe_child(body, kind))
+
+    async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        controller = controller_of(memo)
+        controller.synced.set()
+        if event["type"] == "DELETED":
+            controller.enqueue(controller.cache.forget_child(body, kind))
+
+    kopf.index(*selector, id=f"{plural}-seen", labels=MANAGED)(child_seen)
+    kopf.on.event(*selector, id=f"{plural}-event", labels=MANAGED)(child_event)
+
+
+for _group, _version, _plural, _kind in CHILD_RESOURCES:
+    _register_child(_group, _version, _plural, _kind)
+
+
+@kopf.index("v1", "pods", labels=MANAGED)
+async def pod_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.enqueue(controller.cache.observe_pod(body))
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED)
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.synced.set()
+    if event["type"] == "DELETED":
+        controller.enqueue(controller.cache.forget_pod(body))
+
+
+# Model claims (the user's, not labelled by us): their phase feeds ModelSourceReady ---------------------------
+
+@kopf.index("v1", "persistentvolumeclaims")
+async def claim_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.enqueue_claim_users(*controller.cache.observe_claim(body))
+
+
+@kopf.on.event("v1", "persistentvolumeclaims")
+async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.synced.set()
+    if event["type"] == "DELETED":
+        controller.enqueue_claim_users(*controller.cache.forget_claim(body))
+
+
+# Istio's CRDs appearing or going away switch routing on or off, without a restart ----------------------------
+
+def _is_istio_crd(name: str | None, **_: Any) -> bool:
+    return name in ISTIO_CRDS
+
+
+@kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_istio_crd)
+async def istio_crd_seen(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    if controller.cache.set_istio_crd(ISTIO_CRDS[name], kube.istio_version_of_crd(body)):
+        controller.enqueue_all()
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_istio_crd)
+async def istio_crd_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+    controller = controller_of(memo)
+    controller.synced.set()
+    if event["type"] == "DELETED" and controller.cache.set_istio_crd(ISTIO_CRDS[name], None):
+        controller.enqueue_all()
+
+
+# Operator lifecycle ------------------------------------------------------------------------------------------
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = memo.config
+    # Watches: the server ends each stream after a bounded time and the client gives up on a silent one
+    # (a dropped connection otherwise leaves a watch hanging forever with no events).
+    settings.watching.server_timeout = config.watch_server_timeout_seconds
+    settings.watching.client_timeout = config.watch_server_timeout_seconds + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = config.request_timeout_seconds
+    settings.networking.connect_timeout = 10
+    # Bounded concurrency: kopf's per-object tasks, its thread pool, and our reconcile workers (config).
+    settings.queueing.worker_limit = 64
+    settings.execution.max_workers = 2
+    # Big clusters: list in pages instead of one huge response.
+    settings.watching.chunk_size = 500
+    # Our own Events say what changed; kopf's per-handler log Events would only add noise and API calls.
+    settings.posting.enabled = False
+    # Only our children and pods are watched (server-side filtering, not every Pod in the cluster).
+    for group, version, plural, _kind in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
+        settings.watching.label_selectors[_selector(group, version, plural)] = builders.MANAGED_SELECTOR
+    controller = controller_of(memo)
+    controller.cache.set_istio_version(await asyncio.to_thread(controller.kube.istio_version))
+    controller.start()
+    memo.elector.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await asyncio.to_thread(memo.elector.stop)
+    controller_of(memo).stop()
+
+
+@kopf.on.probe(id="reconciler")
+async def reconciler_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    if not memo.elector.alive():
+        raise RuntimeError("leader election stopped")
+    return controller_of(memo).healthy()

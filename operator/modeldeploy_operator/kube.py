@@ -1,0 +1,267 @@
+"""The one module that talks to the Kubernetes API (kopf's watches aside).
+
+Raw REST through the official client's ApiClient: server-side apply takes plain dicts, responses are
+parsed JSON, no per-call model (de)serialization and no discovery round-trips per reconcile (the
+paths of the few kinds the operator touches are known). One client, one connection pool, shared by
+the reconcile workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from modeldeploy_operator import spec as specs
+
+FIELD_MANAGER = "modeldeploy-operator"
+REPORTING_COMPONENT = "modeldeploy-operator"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0] if "/" in self.api_version else ""
+
+    def collection(self, namespace: str | None) -> str:
+        root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
+        if self.namespaced and namespace:
+            return f"{root}/namespaces/{namespace}/{self.plural}"
+        return f"{root}/{self.plural}"
+
+    def path(self, namespace: str | None, name: str) -> str:
+        return f"{self.collection(namespace)}/{name}"
+
+
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
+SERVICE = Kind("v1", "Service", "services")
+PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+MODEL_DEPLOYMENT = Kind(specs.API_VERSION, specs.KIND, specs.PLURAL)
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+EVENT = Kind("v1", "Event", "events")
+ISTIO_GROUP = "networking.istio.io"
+ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+KNOWN_KINDS = {k.kind: k for k in (DEPLOYMENT, HPA, SERVICE, PDB)}
+# Preference order when several Istio versions are served.
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    kind = str(manifest["kind"])
+    if kind in KNOWN_KINDS:
+        return KNOWN_KINDS[kind]
+    if kind in ISTIO_PLURALS:
+        return Kind(str(manifest["apiVersion"]), kind, ISTIO_PLURALS[kind])
+    raise ValueError(f"the operator does not manage {kind}")
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying as is (the request was fine, the moment was not)."""
+        return self.status in {0, 409, 429, 500, 502, 503, 504}
+
+
+def _error(exc: ApiException) -> KubeError:
+    reason, message = str(exc.reason or ""), str(exc.body or exc.reason or "")
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        message = body.get("message", message)
+        reason = body.get("reason", reason)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return KubeError(int(exc.status or 0), reason, message)
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_time() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Kube:
+    """A thin, thread-safe wrapper: every method is one API request."""
+
+    def __init__(self, api: k8s_client.ApiClient, timeout: float = 30.0) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    @classmethod
+    def connect(cls, pool_size: int = 8, timeout: float = 30.0) -> Kube:
+        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        configuration.connection_pool_maxsize = pool_size
+        return cls(k8s_client.ApiClient(configuration), timeout)
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            method, url, headers, payload = self._api.param_serialize(
+                method=method, resource_path=path, query_params=list((query or {}).items()),
+                header_params=headers, body=body, auth_settings=["BearerToken"],
+            )[:4]
+            response = self._api.call_api(method, url, header_params=headers, body=payload,
+                                          _request_timeout=(5, self._timeout))
+            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        except ApiException as exc:
+            raise _error(exc) from None
+        except Exception as exc:  # transport: refused, reset, timeout
+            raise KubeError(0, type(exc).__name__, str(exc)) from exc
+        if not 200 <= response.status < 300:
+            raise _error(ApiException(status=response.status, reason=response.reason,
+                                      body=raw.decode(errors="replace") if raw else None))
+        parsed: dict[str, Any] = json.loads(raw) if raw else {}
+        return parsed
+
+    # Children -------------------------------------------------------------------------------------------
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply; force takes back fields someone changed by hand (we own them)."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        return self.request(
+            "PATCH", kind.path(meta.get("namespace"), meta["name"]), dict(manifest),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete one child (background propagation); False when it was already gone."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.request("DELETE", kind.path(namespace, name), body)
+        except KubeError as error:
+            if error.status in {404, 409}:  # gone, or replaced by a newer object with the same name
+                return False
+            raise
+        return True
+
+    # The resource itself --------------------------------------------------------------------------------
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace the status stanza through the status subresource only: spec is never written."""
+        # "add" on an existing member replaces it (RFC 6902), and creates the stanza the first time.
+        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        return self.request(
+            "PATCH", MODEL_DEPLOYMENT.path(namespace, name) + "/status", patch,
+            content_type="application/json-patch+json",
+        )
+
+    def post_event(
+        self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
+    ) -> None:
+        """A core/v1 Event on the ModelDeployment (what `kubectl describe md` shows)."""
+        meta = owner["metadata"]
+        stamp = _micro_time()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": specs.API_VERSION, "kind": specs.KIND, "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": instance,
+            "firstTimestamp": stamp[:19] + "Z",
+            "lastTimestamp": stamp[:19] + "Z",
+            "eventTime": stamp,
+            "action": "Reconcile",
+            "count": 1,
+        }
+        self.request("POST", EVENT.collection(meta["namespace"]), body)
+
+    # Discovery, once at start-up (the CRD watch keeps it current afterwards) -----------------------------
+
+    def istio_version(self) -> str | None:
+        """The preferred served version of networking.istio.io, or None when Istio is not installed."""
+        try:
+            group = self.request("GET", f"/apis/{ISTIO_GROUP}")
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        served = {v.get("version") for v in group.get("versions", [])}
+        for version in ISTIO_VERSIONS:
+            if version in served:
+                return version
+        return None
+
+    # Leases, for leader election ------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", LEASE.path(namespace, name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": LEASE.api_version, "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+        return self.request("POST", LEASE.collection(namespace), body)
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Optimistic concurrency: fails with 409 when someone else wrote the lease since we read it."""
+        meta = lease["metadata"]
+        return self.request("PUT", LEASE.path(meta["namespace"], meta["name"]), dict(lease))
+
+
+def istio_version_of_crd(body: Mapping[str, Any]) -> str | None:
+    """The preferred served version of an Istio CRD body (from the CRD watch)."""
+    served = {v.get("name") for v in (body.get("spec") or {}).get("versions", []) if v.get("served")}
+    for version in ISTIO_VERSIONS:
+        if version in served:
+            return version
+    return None
