@@ -4,6 +4,7 @@ Installed as the `kubectl-modeldeploy` executable, so kubectl finds it as a plug
 
     kubectl modeldeploy status sentiment -n ml
     kubectl modeldeploy promote sentiment        # canary model becomes the stable model
+                                                 # (only once the operator reports CanaryReady)
     kubectl modeldeploy rollback sentiment       # canary traffic to 0
     kubectl modeldeploy rollback sentiment --remove
 
@@ -167,9 +168,7 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     if spec_replicas:
         fields.append(("Replicas (spec)", describe_counts(spec_replicas)))
     if "readyReplicas" in status or "desiredReplicas" in status:
-        fields.append(
-            ("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready")
-        )
+        fields.append(("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready"))
     elif "replicas" in status:
         fields.append(("Replicas", describe_counts(status["replicas"])))
     fields.append(("URL", status.get("url") or "<not reported yet>"))
@@ -216,6 +215,26 @@ def replace_object(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> JSO
     return patch
 
 
+def promotion_blocker(resource: Mapping[str, Any]) -> str | None:
+    """Why promoting now could replace a serving model with a broken one, or None if it looks safe.
+
+    Safe means: the operator has observed the current spec and reports CanaryReady True, i.e.
+    the canary's pods run the canary model and pass their readiness probe.
+    """
+    lag = generation_lag(resource)
+    if lag:
+        return lag
+    conditions = (resource.get("status") or {}).get("conditions") or []
+    canary_ready = next((c for c in conditions if c.get("type") == "CanaryReady"), None)
+    if canary_ready is None:
+        return "the operator reports no CanaryReady condition"
+    if canary_ready.get("status") != "True":
+        reason = canary_ready.get("reason") or "NoReason"
+        detail = f"{reason}: {canary_ready['message']}" if canary_ready.get("message") else reason
+        return f"the canary is not ready (CanaryReady {canary_ready.get('status')}, {detail})"
+    return None
+
+
 def promote_patch(resource: Mapping[str, Any], pin_version: bool = True) -> JSONObject:
     """The one merge patch that makes the canary model the stable model and drops the canary.
 
@@ -228,9 +247,7 @@ def promote_patch(resource: Mapping[str, Any], pin_version: bool = True) -> JSON
         raise PluginError(f"{KIND} {qualified_name(resource)} has no canary to promote")
     canary_model = canary.get("model")
     if not canary_model:
-        raise PluginError(
-            f"{KIND} {qualified_name(resource)} has a canary without a model; nothing to promote"
-        )
+        raise PluginError(f"{KIND} {qualified_name(resource)} has a canary without a model; nothing to promote")
     patch: JSONObject = {"spec": {"model": replace_object(spec.get("model"), canary_model), "canary": None}}
     resource_version = (resource.get("metadata") or {}).get("resourceVersion")
     if pin_version and resource_version:
@@ -335,14 +352,10 @@ class ModelDeployments:
             if error.status == 404:
                 detail = _api_message(error)
                 if "the server could not find the requested resource" in detail:
-                    return PluginError(
-                        f"the {PLURAL}.{GROUP} API is not installed on this cluster (apply the CRD)"
-                    )
+                    return PluginError(f"the {PLURAL}.{GROUP} API is not installed on this cluster (apply the CRD)")
                 return PluginError(f'{PLURAL}.{GROUP} "{name}" not found in namespace "{self.namespace}"')
             if error.status == 409:
-                return ConflictError(
-                    f"{where} changed while this command ran; run it again ({_api_message(error)})"
-                )
+                return ConflictError(f"{where} changed while this command ran; run it again ({_api_message(error)})")
             return PluginError(f"cannot {action} {where}: {error.status} {_api_message(error)}")
         if isinstance(error, HTTPError):
             return PluginError(f"cannot reach the API server: {error}")
@@ -390,19 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     promote = commands.add_parser("promote", help="make the canary model the stable model (one patch)")
     promote.add_argument("name", help="ModelDeployment name")
+    promote.add_argument("--dry-run", action="store_true", help="print the equivalent kubectl patch, send nothing")
     promote.add_argument(
-        "--dry-run", action="store_true", help="print the equivalent kubectl patch, send nothing"
+        "--force", action="store_true", help="promote even if the operator does not report the canary ready"
     )
     _connection_options(promote, defaults=False)
 
-    rollback = commands.add_parser(
-        "rollback", help="send no traffic to the canary, or remove it with --remove"
-    )
+    rollback = commands.add_parser("rollback", help="send no traffic to the canary, or remove it with --remove")
     rollback.add_argument("name", help="ModelDeployment name")
     rollback.add_argument("--remove", action="store_true", help="remove the canary instead of setting 0%%")
-    rollback.add_argument(
-        "--dry-run", action="store_true", help="print the equivalent kubectl patch, send nothing"
-    )
+    rollback.add_argument("--dry-run", action="store_true", help="print the equivalent kubectl patch, send nothing")
     _connection_options(rollback, defaults=False)
     return parser
 
@@ -414,6 +424,9 @@ def build_patch(args: argparse.Namespace, resource: Mapping[str, Any]) -> tuple[
     """The patch for a write command and the line that reports it."""
     if args.command == "promote":
         patch = promote_patch(resource, pin_version=not args.dry_run)
+        blocker = promotion_blocker(resource)
+        if blocker and not args.force:
+            raise PluginError(f"not promoting {qualified_name(resource)}: {blocker}; use --force to promote anyway")
         return patch, f"promoted: model is now {describe_model(patch['spec']['model'])}; canary removed"
     patch = rollback_patch(resource, remove=args.remove)
     return (

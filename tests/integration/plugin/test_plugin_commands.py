@@ -129,6 +129,19 @@ def serving_status(generation: int, namespace: str) -> dict[str, Any]:
     }
 
 
+def mark_canary(cluster: Cluster, namespace: str, ready: bool) -> dict[str, Any]:
+    """Write the status an operator would report for the current generation of `sentiment`."""
+    generation = get_md(cluster, namespace)["metadata"]["generation"]
+    status = serving_status(generation, namespace)
+    status["conditions"][1].update(
+        {"status": "True", "reason": "ReplicasReady", "message": "1/1 replicas ready"}
+        if ready
+        else {"status": "False", "reason": "ServerTerminated", "message": "sha256 mismatch for the canary model"}
+    )
+    set_status(cluster, namespace, status)
+    return get_md(cluster, namespace)
+
+
 # --- the examples ----------------------------------------------------------------------------
 
 MANIFESTS = ["pvc.yaml", "modeldeployment.yaml", "modeldeployment-gpu.yaml", "modeldeployment-canary.yaml"]
@@ -256,7 +269,8 @@ def test_missing_resource_is_a_clear_error(cluster: Cluster, namespace: str, crd
 
 def test_promote_makes_the_canary_stable_in_one_patch(cluster: Cluster, namespace: str, crd: None) -> None:
     stable_model = {"pvc": "models", "path": "sentiment/v1/model.onnx", "sha256": DIGEST}
-    before = apply_example(cluster, namespace, "modeldeployment-canary.yaml", model=stable_model)
+    apply_example(cluster, namespace, "modeldeployment-canary.yaml", model=stable_model)
+    before = mark_canary(cluster, namespace, ready=True)
     canary_model = before["spec"]["canary"]["model"]
     result = kubectl_modeldeploy(cluster, "promote", "sentiment", "-n", namespace)
     assert result.returncode == 0, result.stderr
@@ -281,7 +295,8 @@ def test_promote_without_canary_fails_and_changes_nothing(cluster: Cluster, name
 def test_promote_dry_run_prints_the_kubectl_patch_that_does_the_same(
     cluster: Cluster, namespace: str, crd: None
 ) -> None:
-    before = apply_example(cluster, namespace, "modeldeployment-canary.yaml")
+    apply_example(cluster, namespace, "modeldeployment-canary.yaml")
+    before = mark_canary(cluster, namespace, ready=True)
     result = plugin(cluster, "promote", "sentiment", "-n", namespace, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert get_md(cluster, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
@@ -290,6 +305,33 @@ def test_promote_dry_run_prints_the_kubectl_patch_that_does_the_same(
     cluster.kubectl(*words[1:])
     after = get_md(cluster, namespace)
     assert after["spec"]["model"] == before["spec"]["canary"]["model"] and "canary" not in after["spec"]
+
+
+def test_promote_refuses_an_unready_canary_unless_forced(cluster: Cluster, namespace: str, crd: None) -> None:
+    apply_example(cluster, namespace, "modeldeployment-canary.yaml")
+    before = mark_canary(cluster, namespace, ready=False)
+    refused = kubectl_modeldeploy(cluster, "promote", "sentiment", "-n", namespace)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: not promoting {namespace}/sentiment: the canary is not ready (CanaryReady False, "
+        "ServerTerminated: sha256 mismatch for the canary model); use --force to promote anyway"
+    )
+    assert get_md(cluster, namespace)["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+    forced = kubectl_modeldeploy(cluster, "promote", "sentiment", "--force", "-n", namespace)
+    assert forced.returncode == 0, forced.stderr
+    assert get_md(cluster, namespace)["spec"]["model"] == before["spec"]["canary"]["model"]
+
+
+def test_promote_refuses_a_spec_the_operator_has_not_seen(cluster: Cluster, namespace: str, crd: None) -> None:
+    apply_example(cluster, namespace, "modeldeployment-canary.yaml")
+    mark_canary(cluster, namespace, ready=True)
+    cluster.kubectl(
+        "patch", "md", "sentiment", "-n", namespace, "--type=merge", "-p", '{"spec":{"canary":{"trafficPercent":50}}}'
+    )
+    refused = plugin(cluster, "promote", "sentiment", "-n", namespace)
+    assert refused.returncode == 1
+    assert "the operator has not caught up yet" in refused.stderr and "--force" in refused.stderr
 
 
 # --- rollback --------------------------------------------------------------------------------
@@ -342,6 +384,7 @@ def grant(cluster: Cluster, namespace: str, account: str, verbs: list[str]) -> P
 
 def test_get_and_patch_are_all_the_plugin_needs(cluster: Cluster, namespace: str, crd: None) -> None:
     apply_example(cluster, namespace, "modeldeployment-canary.yaml")
+    mark_canary(cluster, namespace, ready=True)
     kubeconfig = grant(cluster, namespace, "release-manager", ["get", "patch"])
     result = plugin(cluster, "--kubeconfig", str(kubeconfig), "-n", namespace, "promote", "sentiment")
     assert result.returncode == 0, result.stderr

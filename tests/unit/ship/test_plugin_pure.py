@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import shlex
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,7 +276,7 @@ def test_subcommand_is_required() -> None:
     assert stopped.value.code == 2
 
 
-def test_namespace_comes_from_the_current_context(tmp_path: Any) -> None:
+def test_namespace_comes_from_the_current_context(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(
         json.dumps(
@@ -296,18 +300,13 @@ def test_namespace_comes_from_the_current_context(tmp_path: Any) -> None:
         plugin.resolve_connection(str(kubeconfig), "three", None)
 
 
-def test_unreadable_kubeconfig_is_a_clear_error(tmp_path: Any) -> None:
+def test_unreadable_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(plugin.PluginError, match="cannot read kubeconfig"):
         plugin.resolve_connection(str(tmp_path / "missing"), None, None)
 
 
-def test_unreachable_api_server_is_a_clear_error(tmp_path: Any) -> None:
+def test_unreachable_api_server_is_a_clear_error(tmp_path: Path) -> None:
     """Nothing listens on the port: one line naming the problem, exit status 1, no traceback."""
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -333,3 +332,47 @@ def test_unreachable_api_server_is_a_clear_error(tmp_path: Any) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot reach the API server") and "Traceback" not in result.stderr
+
+
+# --- the promotion gate ----------------------------------------------------------------------
+
+
+def with_canary_condition(status: str, reason: str = "ReplicasReady", message: str = "1/1 ready") -> dict[str, Any]:
+    resource = resource_with_canary()
+    resource["status"]["conditions"] = [c for c in resource["status"]["conditions"] if c["type"] != "CanaryReady"] + [
+        {"type": "CanaryReady", "status": status, "reason": reason, "message": message}
+    ]
+    return resource
+
+
+def test_promotion_is_allowed_when_the_operator_reports_the_canary_ready() -> None:
+    assert plugin.promotion_blocker(with_canary_condition("True")) is None
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        (
+            with_canary_condition("False", "ServerTerminated", "sha256 mismatch"),
+            "the canary is not ready (CanaryReady False, ServerTerminated: sha256 mismatch)",
+        ),
+        (with_canary_condition("Unknown", "", ""), "the canary is not ready (CanaryReady Unknown, NoReason)"),
+    ],
+)
+def test_promotion_is_blocked_by_an_unready_canary(resource: dict[str, Any], expected: str) -> None:
+    assert plugin.promotion_blocker(resource) == expected
+
+
+def test_promotion_is_blocked_by_a_stale_status() -> None:
+    resource = with_canary_condition("True")
+    resource["metadata"]["generation"] = 5
+    blocker = plugin.promotion_blocker(resource)
+    assert blocker and "status describes generation 4, the spec is at generation 5" in blocker
+    del resource["status"]
+    assert plugin.promotion_blocker(resource) == ("the operator has not observed this resource yet (generation 5)")
+
+
+def test_promotion_is_blocked_without_a_canary_condition() -> None:
+    resource = with_canary_condition("True")
+    resource["status"]["conditions"] = [c for c in resource["status"]["conditions"] if c["type"] != "CanaryReady"]
+    assert plugin.promotion_blocker(resource) == "the operator reports no CanaryReady condition"
