@@ -431,7 +431,9 @@ def build_patch(args: argparse.Namespace, resource: Mapping[str, Any]) -> tuple[
     patch = rollback_patch(resource, remove=args.remove)
     return (
         patch,
-        "rolled back: canary removed" if args.remove else "rolled back: canary trafficPercent set to 0",
+        "rolled back: canary removed"
+        if args.remove
+        else "rolled back: canary trafficPercent set to 0 (its pods keep running; --remove deletes them)",
     )
 
 
