@@ -112,7 +112,15 @@ def serve(settings: Settings) -> int:
     )
     server = GracefulServer(config, app.state.dataplane.begin_shutdown, settings.shutdown_drain_seconds)
     lifecycle.request_exit = server.request_exit
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's way out when it cannot listen
+        if exc.code not in (0, None) and lifecycle.exit_code == 0:
+            write_termination_message(
+                settings.termination_message_path,
+                f"cannot serve on {settings.host}:{settings.port} (address in use or not permitted); see the log",
+            )
+        raise
     return lifecycle.exit_code
 
 

@@ -1,0 +1,134 @@
+"""/metrics in the Prometheus text format, parsed by prometheus_client's own parser; input drift."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from modeldeploy_server.drift import profile_from_samples
+
+
+def parse(text: str) -> dict[str, Any]:
+    """Family name -> family, after a strict parse of the whole exposition."""
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def value(families: dict[str, Any], family: str, sample: str, default: float | None = None, **labels: str) -> float:
+    for item in families[family].samples:
+        if item.name == sample and all(item.labels.get(k) == v for k, v in labels.items()):
+            return float(item.value)
+    if default is not None:
+        return default
+    raise KeyError((family, sample, labels))
+
+
+def body(array: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32",
+                        "data": array.ravel().tolist()}]}
+
+
+def test_exposition_covers_requests_latency_batches_queue_load_and_info(mlp_server: Any) -> None:
+    client = mlp_server.client
+    before = parse(client.get("/metrics").text)
+    ok_before = value(before, "modeldeploy_requests", "modeldeploy_requests_total", 0.0, model="mlp", outcome="ok")
+    for _ in range(3):
+        assert client.post("/v2/models/mlp/infer", json=body(np.zeros((2, 64), np.float32))).status_code == 200
+    for _ in range(2):
+        assert client.post("/v2/models/mlp/infer", json={"inputs": []}).status_code == 400
+    assert client.post("/v2/models/nope/infer", json={}).status_code == 404
+
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    families = parse(response.text)
+    assert families["modeldeploy_requests"].type == "counter"
+    count = value(families, "modeldeploy_requests", "modeldeploy_requests_total", model="mlp", outcome="ok")
+    assert count == ok_before + 3
+    assert value(families, "modeldeploy_requests", "modeldeploy_requests_total",
+                 model="mlp", outcome="invalid_input") >= 2
+    assert value(families, "modeldeploy_requests", "modeldeploy_requests_total",
+                 model="mlp", outcome="not_found") >= 1
+
+    assert families["modeldeploy_request_duration_seconds"].type == "histogram"
+    latency_count = value(families, "modeldeploy_request_duration_seconds",
+                          "modeldeploy_request_duration_seconds_count", model="mlp")
+    assert latency_count >= 6
+    assert value(families, "modeldeploy_request_duration_seconds", "modeldeploy_request_duration_seconds_bucket",
+                 model="mlp", le="+Inf") == latency_count
+
+    assert families["modeldeploy_batch_size"].type == "histogram"
+    assert value(families, "modeldeploy_batch_size", "modeldeploy_batch_size_sum", model="mlp") >= 6
+    assert families["modeldeploy_inference_duration_seconds"].type == "histogram"
+    assert value(families, "modeldeploy_queue_depth", "modeldeploy_queue_depth", model="mlp") == 0
+    assert value(families, "modeldeploy_requests_in_flight", "modeldeploy_requests_in_flight", model="mlp") == 0
+    assert value(families, "modeldeploy_model_load_seconds", "modeldeploy_model_load_seconds", model="mlp") > 0
+    assert value(families, "modeldeploy_ready", "modeldeploy_ready") == 1
+
+    [info] = families["modeldeploy_model_info"].samples
+    assert info.name == "modeldeploy_model_info"
+    assert info.labels["name"] == "mlp"
+    assert info.labels["execution_provider"] == "CPUExecutionProvider"
+    assert info.labels["dynamic_batching"] == "true"
+    assert len(info.labels["sha256"]) == 64
+
+
+def test_input_statistics_and_drift_score(start_server: Callable[..., Any], model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(model_dir / "mlp.onnx", folder / "mlp.onnx")
+    rng = np.random.default_rng(11)
+    reference = rng.standard_normal((4000, 64))
+    (folder / "mlp.profile.json").write_text(json.dumps(profile_from_samples({"input": reference}, bins=10)))
+    server = start_server(folder / "mlp.onnx", env={"DRIFT_WINDOW": "5120"})
+    assert "drift reference profile" in server.log()
+
+    sent: list[np.ndarray] = []
+
+    def send(batch: np.ndarray) -> dict[str, Any]:
+        sent.append(batch)
+        assert server.client.post("/v2/models/mlp/infer", json=body(batch)).status_code == 200
+        return parse(server.client.get("/metrics").text)
+
+    for _ in range(12):
+        families = send(rng.standard_normal((8, 64)).astype(np.float32))
+    stable = value(families, "modeldeploy_input_drift_psi", "modeldeploy_input_drift_psi", model="mlp", input="input")
+    assert 0 <= stable < 0.1
+
+    for _ in range(12):
+        families = send((rng.standard_normal((8, 64)) + 2.0).astype(np.float32))
+    shifted = value(families, "modeldeploy_input_drift_psi", "modeldeploy_input_drift_psi", model="mlp", input="input")
+    assert shifted > 1.0
+
+    everything = np.concatenate(sent).astype(np.float64)
+    labels = {"model": "mlp", "input": "input"}
+    assert value(families, "modeldeploy_input_values", "modeldeploy_input_values", **labels) == everything.size
+    np.testing.assert_allclose(
+        value(families, "modeldeploy_input_mean", "modeldeploy_input_mean", **labels), everything.mean(), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        value(families, "modeldeploy_input_std", "modeldeploy_input_std", **labels), everything.std(), rtol=1e-6
+    )
+    assert value(families, "modeldeploy_input_min", "modeldeploy_input_min", **labels) == everything.min()
+    assert value(families, "modeldeploy_input_max", "modeldeploy_input_max", **labels) == everything.max()
+
+
+def test_no_profile_means_statistics_without_a_drift_score(mlp_server: Any) -> None:
+    families = parse(mlp_server.client.get("/metrics").text)
+    assert not families["modeldeploy_input_drift_psi"].samples
+    assert value(families, "modeldeploy_input_values", "modeldeploy_input_values", model="mlp", input="input") >= 0
+
+
+def test_a_broken_profile_is_reported_and_serving_goes_on(
+    start_server: Callable[..., Any], model_dir: Path, tmp_path: Path
+) -> None:
+    profile = tmp_path / "broken.json"
+    profile.write_text(json.dumps({"format": "modeldeploy.profile/v1",
+                                   "inputs": {"input": {"bin_edges": [0, 1], "fractions": [0.5, 0.5]}}}))
+    server = start_server(model_dir / "mlp.onnx", "--drift-profile", str(profile))
+    assert "drift scores are off" in server.log() and "'input'" in server.log()
+    assert server.client.post("/v2/models/mlp/infer", json=body(np.ones((1, 64), np.float32))).status_code == 200
