@@ -303,6 +303,56 @@ def test_requirements_one_liner_rejects_an_unknown_extra(tmp_path: Path) -> None
     assert result.returncode != 0 and "no-such-extra" in result.stderr
 
 
+# What each base image brings: its Python and its glibc (which manylinux wheels it can take).
+UBUNTU_PYTHON_GLIBC = {"24.04": ("3.12", (2, 39)), "22.04": ("3.10", (2, 35))}
+DEBIAN_GLIBC = {"bookworm": (2, 36), "trixie": (2, 41)}
+
+
+def image_python_and_glibc(path: Path, extra: str) -> tuple[str, tuple[int, int]]:
+    arguments = parse_dockerfile(path).global_args
+    if extra == "gpu":
+        ubuntu = re.search(r"ubuntu(\d+\.\d+)$", arguments["CUDA_IMAGE"])
+        assert ubuntu and ubuntu.group(1) in UBUNTU_PYTHON_GLIBC, f"unknown CUDA base {arguments['CUDA_IMAGE']}"
+        return UBUNTU_PYTHON_GLIBC[ubuntu.group(1)]
+    python = re.fullmatch(r"python:(\d+\.\d+)-slim-(\w+)", arguments["PYTHON_IMAGE"])
+    assert python and python.group(2) in DEBIAN_GLIBC, f"unknown Python base {arguments['PYTHON_IMAGE']}"
+    return python.group(1), DEBIAN_GLIBC[python.group(2)]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "runtime"),
+    [(SERVER, "gpu", "onnxruntime-gpu"), (SERVER, "server", "onnxruntime"), (OPERATOR, "operator", "kopf")],
+    ids=["gpu", "cpu", "operator"],
+)
+def test_image_requirements_resolve_for_the_image_python_and_platform(
+    path: Path, extra: str, runtime: str, tmp_path: Path
+) -> None:
+    """pip's resolver, asked for the image's Python and glibc, finds wheels for every requirement.
+
+    The GPU case is the one that matters: onnxruntime-gpu must exist as a wheel for the CUDA
+    base's own Python, and plain onnxruntime must not be pulled in next to it.
+    """
+    python, (major, minor) = image_python_and_glibc(path, extra)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(PYPROJECT["project"]["dependencies"] + EXTRAS[extra]) + "\n")
+    platforms = [f"manylinux_{major}_{glibc}_x86_64" for glibc in range(minor, 16, -1)]
+    platforms += ["manylinux2014_x86_64", "linux_x86_64"]
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+            "--only-binary=:all:", f"--python-version={python}", *(f"--platform={p}" for p in platforms),
+            "--target", str(tmp_path / "target"), "--report", str(report), "-r", str(requirements),
+        ],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert runtime in installed
+    if extra == "gpu":
+        assert "onnxruntime" not in installed
+
+
 @pytest.mark.parametrize("path", [SERVER, OPERATOR], ids=lambda p: p.name)
 def test_dependencies_are_installed_before_the_code_is_copied(path: Path) -> None:
     builder = parse_dockerfile(path).stage("builder")
