@@ -80,9 +80,13 @@ def get_md(cluster: Cluster, namespace: str, name: str = "sentiment") -> dict[st
     return result
 
 
-def apply_example(cluster: Cluster, namespace: str, name: str, **spec_changes: Any) -> dict[str, Any]:
+def apply_example(
+    cluster: Cluster, namespace: str, name: str, rename: str | None = None, **spec_changes: Any
+) -> dict[str, Any]:
     document = yaml.safe_load((EXAMPLES / name).read_text())
     document["spec"].update(spec_changes)
+    if rename:
+        document["metadata"]["name"] = rename
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
     return get_md(cluster, namespace, document["metadata"]["name"])
 
@@ -239,18 +243,19 @@ def test_status_shows_generation_lag(cluster: Cluster, namespace: str, crd: None
 def test_namespace_comes_from_kubeconfig_context_via_kubeconfig_env(
     cluster: Cluster, namespace: str, crd: None, tmp_path: Path
 ) -> None:
-    apply_example(cluster, namespace, "modeldeployment.yaml")
+    name = f"ctx-{namespace}"  # unique, so nothing of that name can sit in `default`
+    apply_example(cluster, namespace, "modeldeployment.yaml", rename=name)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(cluster.kubeconfig.read_text())
     cluster.kubectl("config", "set-context", "--current", f"--namespace={namespace}", kubeconfig=kubeconfig)
     env = plugin_env(cluster, KUBECONFIG=str(kubeconfig))
-    result = kubectl_modeldeploy(cluster, "status", "sentiment", env=env)
+    result = kubectl_modeldeploy(cluster, "status", name, env=env)
     assert result.returncode == 0, result.stderr
-    assert f"{namespace}/sentiment" in result.stdout
+    assert f"{namespace}/{name}" in result.stdout
     # --kubeconfig wins over KUBECONFIG: the admin file has no namespace, so this looks in default.
-    elsewhere = plugin(cluster, "--kubeconfig", str(cluster.kubeconfig), "status", "sentiment", env=env)
+    elsewhere = plugin(cluster, "--kubeconfig", str(cluster.kubeconfig), "status", name, env=env)
     assert elsewhere.returncode == 1
-    assert 'modeldeployments.modeldeploy.dev "sentiment" not found in namespace "default"' in elsewhere.stderr
+    assert f'modeldeployments.modeldeploy.dev "{name}" not found in namespace "default"' in elsewhere.stderr
 
 
 def test_missing_resource_is_a_clear_error(cluster: Cluster, namespace: str, crd: None) -> None:
