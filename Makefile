@@ -24,9 +24,10 @@ venv: $(VENV)/.installed ## virtual env with the operator, the server and the de
 binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
 	bash hack/build-binaries.sh
 
-lint: venv ## ruff and mypy (the generated files are checked by tests)
+lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
 generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
 	$(PY) -m modeldeploy_operator.crd --write

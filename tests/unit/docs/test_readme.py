@@ -1,0 +1,30 @@
+"""The README is the front door: its commands and its reference must be true."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+README = (REPO / "README.md").read_text()
+
+
+def test_reference_matches_the_generated_crd() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "make_reference.py"), "--check"], check=False)
+    assert result.returncode == 0, "run `python hack/make_reference.py` and commit README.md"
+
+
+def test_every_make_target_the_readme_names_exists() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.MULTILINE))
+    named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.MULTILINE))
+    assert {"test", "demo"} <= named
+    assert named <= targets, f"README names make targets that do not exist: {named - targets}"
+
+
+def test_every_repository_path_the_readme_names_exists() -> None:
+    paths = set(re.findall(r"`((?:examples|charts|crds|hack|operator|serving-image|docs)/[\w./-]+)`", README))
+    missing = sorted(p for p in paths if not (REPO / p).exists())
+    assert not missing, f"README names files that do not exist: {missing}"
