@@ -173,7 +173,8 @@ def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
     if view is None:
         missing = f"Deployment {builders.child_name(obs.owner, track)} does not exist yet"
         return _Cond(kind, "False", "DeploymentNotFound", missing), 0, wanted
-    ready, desired = view.ready_replicas, view.replicas
+    # A new autoscaled Deployment starts at 1 until the HPA raises it to min: count min as wanted.
+    ready, desired = view.ready_replicas, max(view.replicas, wanted)
     counts = f"{ready}/{desired} replicas ready"
     problems = [p.problem for p in obs.pods if p.track == track and p.problem is not None]
     if problems:

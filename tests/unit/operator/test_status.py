@@ -151,7 +151,9 @@ def test_broken_canary_blocks_ready_only_while_it_gets_traffic() -> None:
 
 
 def test_without_istio_routing_says_so_and_traffic_follows_pods() -> None:
-    obs = observe(canary_spec(10), istio=None, deployments={
+    spec = specs.parse_spec({"model": {"pvc": "models", "path": "a.onnx"}, "replicas": {"min": 1, "max": 4},
+                             "canary": {"model": {"pvc": "models", "path": "b.onnx"}, "trafficPercent": 10}})
+    obs = observe(spec, istio=None, deployments={
         "stable": healthy("sentiment-stable", 3), "canary": healthy("sentiment-canary", 1)})
     status = st.compute_status(obs, None, NOW, CONFIG)
     routing = conditions(status)["RoutingReady"]

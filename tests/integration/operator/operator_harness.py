@@ -1,0 +1,184 @@
+"""Helpers for the operator's integration tests: the operator process, kubectl reads, polling.
+
+Everything is polled with bounded deadlines, and every timeout carries the operator's log.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+import localcluster
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = Path(__file__).parent / "fixtures"
+CRD = REPO / "crds" / "modeldeployments.yaml"
+ISTIO_CRDS = FIXTURES / "istio-crds.yaml"
+RULES = REPO / "charts" / "modeldeploy" / "files" / "clusterrole-rules.yaml"
+MANIFEST = FIXTURES / "modeldeployment.yaml"
+CLAIM = FIXTURES / "models-claim.yaml"
+SERVER_IMAGE = "registry.invalid/modeldeploy-server:test"
+
+Cluster = localcluster.Cluster
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Operator:
+    """One operator process; `log()` returns what it printed so far."""
+
+    def __init__(self, cluster: Cluster, kubeconfig: Path, log_path: Path, env: dict[str, str], args: list[str]):
+        self.cluster = cluster
+        self.log_path = log_path
+        self.liveness_port = free_port()
+        self.env = {
+            **cluster.env,
+            "KUBECONFIG": str(kubeconfig),
+            "MODELDEPLOY_SERVER_IMAGE": SERVER_IMAGE,
+            "MODELDEPLOY_GPU_SERVER_IMAGE": SERVER_IMAGE + "-gpu",
+            "MODELDEPLOY_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "MODELDEPLOY_RESYNC_SECONDS": "60",
+            **env,
+        }
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        handle = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modeldeploy_operator", *self.args],
+            stdout=handle, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+        )
+        handle.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handlers, no lease release, exactly like an OOM kill or node loss."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Harness:
+    """What a test needs: kubectl as users type it, JSON reads, the operator processes, polling."""
+
+    def __init__(self, cluster: Cluster, namespace: str, tmp_path: Path, kubeconfig: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.tmp_path = tmp_path
+        self.kubeconfig = kubeconfig
+        self.operators: list[Operator] = []
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, input=input, check=check)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+        return result
+
+    def get_or_none(self, *args: str) -> dict[str, Any] | None:
+        done = self.kubectl("get", *args, "-o", "json", check=False)
+        if done.returncode != 0:
+            if "NotFound" in done.stderr or "not found" in done.stderr:
+                return None
+            raise AssertionError(f"kubectl get {' '.join(args)} failed: {done.stderr}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def start_operator(self, *args: str, **env: str) -> Operator:
+        args_list = list(args) if args else ["--namespace", self.namespace]
+        operator = Operator(self.cluster, self.kubeconfig, self.tmp_path / f"operator-{len(self.operators)}.log",
+                            {"MODELDEPLOY_LEASE_NAMESPACE": self.namespace, **env}, args_list)
+        self.operators.append(operator.start())
+        return operator
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {op.log_path.name} ---\n{op.log()[-6000:]}" for op in self.operators)
+
+    def eventually(self, check: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+        """Poll `check` until it returns a truthy value (exceptions count as not yet) or time runs out."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while True:
+            try:
+                value = check()
+                if value:
+                    return value
+                last = value
+            except (AssertionError, KeyError, IndexError, TypeError, localcluster.ClusterError) as error:
+                last = error
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{self.logs()}")
+            time.sleep(0.2)
+
+    def md(self, name: str = "sentiment") -> dict[str, Any]:
+        return self.get("modeldeployment", name)
+
+    def condition(self, name: str, kind: str = "Ready") -> dict[str, Any]:
+        found = [c for c in (self.md(name).get("status") or {}).get("conditions", []) if c["type"] == kind]
+        return found[0] if found else {}
+
+    def wait_condition(self, name: str, kind: str, status: str, reason: str | None = None,
+                       timeout: float = 60.0) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            found = self.condition(name, kind)
+            ok = found.get("status") == status and (reason is None or found.get("reason") == reason)
+            return found if ok else None
+        return self.eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}")
+
+    def bound_claim(self, name: str = "models") -> None:
+        """The user's claim, bound by the real PV binder to a volume made for it."""
+        claim = yaml.safe_load(CLAIM.read_text())
+        claim["metadata"]["name"] = name
+        self.kubectl("apply", "-f", "-", input=json.dumps(claim))
+        volume = {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": f"{self.namespace}-{name}", "labels": {"test-namespace": self.namespace}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete",
+                     "hostPath": {"path": f"/tmp/{self.namespace}-{name}"},
+                     "claimRef": {"namespace": self.namespace, "name": name}},
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(volume))
+        self.eventually(lambda: self.get("pvc", name)["status"].get("phase") == "Bound", 60, f"claim {name} bound")
+
+    def apply_manifest(self, manifest: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+        if manifest is None:
+            return self.kubectl("apply", "-f", str(MANIFEST))
+        return self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
+    document["metadata"]["name"] = name
+    document["spec"].update(spec_overrides)
+    return {k: v for k, v in document.items()}
