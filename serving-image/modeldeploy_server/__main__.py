@@ -33,9 +33,7 @@ EXIT_BAD_CONFIG = 2
 class GracefulServer(uvicorn.Server):
     """uvicorn with a drain phase between SIGTERM and closing the listener."""
 
-    def __init__(
-        self, config: uvicorn.Config, on_terminate: Callable[[], None], drain_seconds: float
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, on_terminate: Callable[[], None], drain_seconds: float) -> None:
         super().__init__(config)
         self._on_terminate = on_terminate
         self._drain_seconds = drain_seconds
@@ -72,9 +70,7 @@ class GracefulServer(uvicorn.Server):
         if self._drain_until is not None:
             if not self._announced:
                 self._announced = True
-                log.info(
-                    "stop requested: not ready; serving for %.1fs more, then draining", self._drain_seconds
-                )
+                log.info("stop requested: not ready; serving for %.1fs more, then draining", self._drain_seconds)
             if time.monotonic() >= self._drain_until:
                 self.should_exit = True
         return await super().on_tick(counter)
@@ -88,8 +84,7 @@ def _configure_logging(level: str) -> None:
 
 def _config_error(exc: ValidationError) -> str:
     problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
-        for error in exc.errors()
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}" for error in exc.errors()
     )
     return f"invalid configuration: {problems}"
 
@@ -99,7 +94,7 @@ def serve(settings: Settings) -> int:
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle)
     config = uvicorn.Config(
-        app,
+        app.state.fast_path,  # the FastAPI app behind a raw ASGI front for the infer hot path
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -108,6 +103,7 @@ def serve(settings: Settings) -> int:
         log_config=None,
         access_log=settings.access_log,
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) or None,
     )
     server = GracefulServer(config, app.state.dataplane.begin_shutdown, settings.shutdown_drain_seconds)
@@ -131,9 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = _config_error(exc) if isinstance(exc, ValidationError) else f"invalid configuration: {exc}"
         _configure_logging("info")
         log.error("%s", reason)
-        write_termination_message(
-            Path(os.environ.get("TERMINATION_MESSAGE_PATH") or "/dev/termination-log"), reason
-        )
+        write_termination_message(Path(os.environ.get("TERMINATION_MESSAGE_PATH") or "/dev/termination-log"), reason)
         return EXIT_BAD_CONFIG
     _configure_logging(settings.log_level)
     return serve(settings)

@@ -25,7 +25,7 @@ from modeldeploy_server.dataplane import DataPlane
 from modeldeploy_server.errors import ModelLoadError, PayloadTooLargeError, ServerError
 from modeldeploy_server.metrics import CONTENT_TYPE, ServerMetrics
 from modeldeploy_server.model import load_model
-from modeldeploy_server.protocol import build_router
+from modeldeploy_server.protocol import InferFastPath, InferHandler, build_router, too_large_message
 from modeldeploy_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
     def _message(self, size: int) -> str:
-        return f"request body of {size} bytes exceeds the limit of {self.limit} bytes (MAX_REQUEST_BYTES)"
+        return too_large_message(size, self.limit)
 
 
 async def _send_error(send: Send, error: ServerError) -> None:
@@ -116,9 +116,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             lifecycle.fail(str(exc), settings.termination_message_path)
         except Exception as exc:
             log.exception("unexpected failure while loading the model")
-            lifecycle.fail(
-                f"unexpected failure while loading the model: {exc!r}", settings.termination_message_path
-            )
+            lifecycle.fail(f"unexpected failure while loading the model: {exc!r}", settings.termination_message_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -139,7 +137,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     )
     app.state.dataplane = plane
     app.state.lifecycle = lifecycle
-    app.include_router(build_router(plane))
+    handler = InferHandler(plane)
+    app.include_router(build_router(plane, handler))
 
     @app.exception_handler(ServerError)
     async def server_error(_: Request, exc: Exception) -> Response:
@@ -164,9 +163,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         """The schema, with the model's input names filled in once it is loaded."""
         if app.openapi_schema is not None:
             return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         if plane.model is not None:
             names = [spec.name for spec in plane.model.inputs]
             for path, item in schema.get("paths", {}).items():
@@ -178,4 +175,5 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.state.fast_path = InferFastPath(app, handler, settings.max_request_bytes)
     return app

@@ -111,13 +111,9 @@ def prepare_feeds(
         batch_sizes = {name: array.shape[0] for name, array in feeds.items()}
         rows = next(iter(batch_sizes.values()))
         if len(set(batch_sizes.values())) > 1:
-            raise InvalidInputError(
-                f"input tensors disagree on the batch dimension (dimension 0): {batch_sizes}"
-            )
+            raise InvalidInputError(f"input tensors disagree on the batch dimension (dimension 0): {batch_sizes}")
         if rows == 0:
-            raise InvalidInputError(
-                f"input tensor {specs[0].name!r}: the batch dimension is 0; send at least one row"
-            )
+            raise InvalidInputError(f"input tensor {specs[0].name!r}: the batch dimension is 0; send at least one row")
     return feeds, rows
 
 
@@ -242,9 +238,7 @@ class DataPlane:
             },
         }
 
-    async def infer(
-        self, name: str, request: InferenceRequest, version: str | None = None
-    ) -> InferenceResponse:
+    async def infer(self, name: str, request: InferenceRequest, version: str | None = None) -> InferenceResponse:
         model = self.get_model(name, version)
         if self.batcher is None:
             raise ModelNotReadyError(f"model {name!r} is still loading", self.settings.retry_after_seconds)
@@ -260,9 +254,7 @@ class DataPlane:
             OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name], binary=binary)
             for spec, binary in selected
         ]
-        return InferenceResponse(
-            model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id
-        )
+        return InferenceResponse(model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id)
 
     def _select_outputs(self, model: LoadedModel, request: InferenceRequest) -> list[tuple[TensorSpec, bool]]:
         if not request.outputs:
@@ -273,8 +265,7 @@ class DataPlane:
             spec = specs.get(wanted.name)
             if spec is None:
                 raise InvalidInputError(
-                    f"unknown output tensor {wanted.name!r}; "
-                    f"the model's outputs are: {', '.join(sorted(specs))}"
+                    f"unknown output tensor {wanted.name!r}; the model's outputs are: {', '.join(sorted(specs))}"
                 )
             selected.append((spec, request.binary_output if wanted.binary is None else wanted.binary))
         return selected

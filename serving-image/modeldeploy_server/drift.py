@@ -67,11 +67,7 @@ def parse_profile(document: Any) -> dict[str, ReferenceBins]:
             raise ProfileError(f"input {name!r}: needs numeric bin_edges and fractions") from exc
         if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
             raise ProfileError(f"input {name!r}: bin_edges must be >= 2 strictly increasing finite numbers")
-        if (
-            fractions.shape != (edges.size - 1,)
-            or np.any(fractions < 0)
-            or not np.all(np.isfinite(fractions))
-        ):
+        if fractions.shape != (edges.size - 1,) or np.any(fractions < 0) or not np.all(np.isfinite(fractions)):
             raise ProfileError(f"input {name!r}: fractions must be {edges.size - 1} non-negative numbers")
         total = float(fractions.sum())
         if not math.isclose(total, 1.0, rel_tol=0, abs_tol=1e-3):

@@ -45,15 +45,9 @@ class _DriftCollector(Collector):
         labels = ["model", "input"]
         families = {
             "count": GaugeMetricFamily("modeldeploy_input_values", "Input values observed.", labels=labels),
-            "mean": GaugeMetricFamily(
-                "modeldeploy_input_mean", "Mean of observed input values.", labels=labels
-            ),
-            "std": GaugeMetricFamily(
-                "modeldeploy_input_std", "Standard deviation of input values.", labels=labels
-            ),
-            "min": GaugeMetricFamily(
-                "modeldeploy_input_min", "Smallest observed input value.", labels=labels
-            ),
+            "mean": GaugeMetricFamily("modeldeploy_input_mean", "Mean of observed input values.", labels=labels),
+            "std": GaugeMetricFamily("modeldeploy_input_std", "Standard deviation of input values.", labels=labels),
+            "min": GaugeMetricFamily("modeldeploy_input_min", "Smallest observed input value.", labels=labels),
             "max": GaugeMetricFamily("modeldeploy_input_max", "Largest observed input value.", labels=labels),
         }
         drift = GaugeMetricFamily(
@@ -127,9 +121,7 @@ class ServerMetrics:
             registry=registry,
         )
         self.model_info = Info("modeldeploy_model", "The served model.", registry=registry)
-        self.ready = Gauge(
-            "modeldeploy_ready", "1 when the server accepts inference requests.", registry=registry
-        )
+        self.ready = Gauge("modeldeploy_ready", "1 when the server accepts inference requests.", registry=registry)
 
     def bind_queue_depth(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(lambda: float(depth()))

@@ -97,8 +97,7 @@ def resolve_model_path(path: Path, root: Path | None) -> Path:
             raise ModelLoadError(f"model root {str(root)!r} does not exist") from exc
         if not real.is_relative_to(real_root):
             raise ModelLoadError(
-                f"model file {str(path)!r} resolves to {str(real)!r}, "
-                f"outside the model root {str(real_root)!r}"
+                f"model file {str(path)!r} resolves to {str(real)!r}, outside the model root {str(real_root)!r}"
             )
     if not stat.S_ISREG(real.stat().st_mode):
         raise ModelLoadError(f"model path {str(path)!r} is not a regular file")
@@ -118,9 +117,7 @@ def read_verified(path: Path, expected_sha256: str | None) -> tuple[bytes, str]:
         raise ModelLoadError(f"model file {str(path)!r} cannot be read: {exc.strerror}") from exc
     actual = digest.hexdigest()
     if expected_sha256 is not None and actual != expected_sha256:
-        raise ModelLoadError(
-            f"sha256 mismatch for {str(path)!r}: expected {expected_sha256}, file has {actual}"
-        )
+        raise ModelLoadError(f"sha256 mismatch for {str(path)!r}: expected {expected_sha256}, file has {actual}")
     return b"".join(chunks), actual
 
 

@@ -11,12 +11,12 @@ bytes). Outputs are returned the same way when the request asks with ``binary_da
 parameters) or ``binary_data`` (per requested output).
 """
 
-
 import asyncio
+import logging
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import orjson
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modeldeploy_server.dataplane import (
     DataPlane,
@@ -32,9 +33,10 @@ from modeldeploy_server.dataplane import (
     InputTensor,
     RequestedOutput,
 )
-from modeldeploy_server.errors import InvalidInputError, ServerError
+from modeldeploy_server.errors import InvalidInputError, PayloadTooLargeError, ServerError
 from modeldeploy_server.model import DATATYPE_DTYPES
 
+log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
@@ -93,15 +95,11 @@ def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
         elif dtype.kind in "iu":
             array = np.array(data)
             if array.dtype.kind not in "iub":
-                raise InvalidInputError(
-                    f"{where}: expected integers for {datatype}, got {_describe_kind(array)}"
-                )
+                raise InvalidInputError(f"{where}: expected integers for {datatype}, got {_describe_kind(array)}")
             if array.size:
                 info = np.iinfo(dtype)
                 if array.min() < info.min or array.max() > info.max:
-                    raise InvalidInputError(
-                        f"{where}: values out of range for {datatype} [{info.min}, {info.max}]"
-                    )
+                    raise InvalidInputError(f"{where}: values out of range for {datatype} [{info.min}, {info.max}]")
             array = array.astype(dtype, copy=False)
         elif dtype.kind == "b":
             array = np.array(data)
@@ -152,8 +150,7 @@ def _binary_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: memory
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
-            f"{where}: binary_data_size is {len(raw)} bytes, but shape {list(shape)} of {datatype} "
-            f"needs {expected}"
+            f"{where}: binary_data_size is {len(raw)} bytes, but shape {list(shape)} of {datatype} needs {expected}"
         )
     array = np.frombuffer(raw, dtype=dtype, count=count)
     if dtype.itemsize > 1 and array.ctypes.data % dtype.itemsize:
@@ -172,9 +169,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
                 f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
             ) from None
         if not 0 < split <= len(body):
-            raise InvalidInputError(
-                f"Inference-Header-Content-Length {split} does not fit a body of {len(body)} bytes"
-            )
+            raise InvalidInputError(f"Inference-Header-Content-Length {split} does not fit a body of {len(body)} bytes")
         binary = memoryview(body)[split:]
         body = body[:split]
     try:
@@ -208,9 +203,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
         size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
-                raise InvalidInputError(
-                    f"{where}: binary_data_size must be a non-negative integer, got {size!r}"
-                )
+                raise InvalidInputError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
             if "data" in raw:
                 raise InvalidInputError(f"{where}: give either 'data' or binary_data_size, not both")
             if offset + size > len(binary):
@@ -225,9 +218,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
             array = _json_tensor(name, datatype, shape, raw["data"])
         inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, data=array))
     if offset != len(binary):
-        raise InvalidInputError(
-            f"request: {len(binary) - offset} bytes of binary data belong to no input tensor"
-        )
+        raise InvalidInputError(f"request: {len(binary) - offset} bytes of binary data belong to no input tensor")
     outputs = None
     raw_outputs = _field(document, "outputs", list, "request", required=False)
     if raw_outputs is not None:
@@ -385,23 +376,146 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # --- routes ------------------------------------------------------------------------------------------
 
 
-def build_router(plane: DataPlane) -> APIRouter:
+class InferHandler:
+    """One inference request from body to response bytes, with its metrics; shared by the FastAPI
+    route (documentation, fallback) and the raw ASGI fast path (``InferFastPath``)."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._counters: dict[str, Callable[[], None]] = {}
+        self._latency = plane.metrics.latency.labels(plane.name)
+        self._in_flight = plane.metrics.in_flight.labels(plane.name)
+
+    def _count(self, outcome: str) -> None:
+        increment = self._counters.get(outcome)
+        if increment is None:
+            increment = self.plane.metrics.requests.labels(self.plane.name, outcome).inc
+            self._counters[outcome] = increment
+        increment()
+
+    async def respond(
+        self,
+        model_name: str,
+        version: str | None,
+        read_body: Callable[[], Awaitable[bytes]],
+        header_length: str | None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body; client errors become 4xx/503 here, never exceptions."""
+        started = time.perf_counter()
+        outcome = "error"
+        self._in_flight.inc()
+        try:
+            self.plane.get_model(model_name, version)  # 404 / 503 before reading the body
+            body = await read_body()
+            large = len(body) > _OFFLOAD_BYTES
+            if large:
+                decoded = await asyncio.to_thread(decode_request, body, header_length)
+            else:
+                decoded = decode_request(body, header_length)
+            result = await self.plane.infer(model_name, decoded, version)
+            if large:
+                content, headers = await asyncio.to_thread(encode_response, result)
+            else:
+                content, headers = encode_response(result)
+            outcome = "ok"
+            return 200, headers, content
+        except ServerError as exc:
+            outcome = exc.outcome
+            if exc.status_code >= 500 and exc.status_code != 503:
+                log.error("%s", exc.message)
+            return exc.status_code, {"content-type": JSON_TYPE, **exc.headers()}, error_body(exc)
+        finally:
+            self._in_flight.dec()
+            self._count(outcome)
+            self._latency.observe(time.perf_counter() - started)
+
+
+def error_body(error: ServerError) -> bytes:
+    return orjson.dumps({"error": error.message})
+
+
+class InferFastPath:
+    """Raw ASGI front for ``POST /v2/models/{name}[/versions/{v}]/infer``; everything else goes to the app.
+
+    The hot path skips routing, dependency injection, Request objects and the middleware stack, which
+    together cost more than reading, running and answering a small request; the FastAPI route with
+    the same behaviour documents it in OpenAPI.
+    """
+
+    def __init__(self, app: ASGIApp, handler: InferHandler, max_request_bytes: int) -> None:
+        self.app = app
+        self.handler = handler
+        self.limit = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = _infer_target(scope["path"])
+            if target is not None:
+                await self._infer(scope, receive, send, *target)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None) -> None:
+        header_length = None
+        declared = -1
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = int(value) if value.isdigit() else -1
+            elif key == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+        limit = self.limit
+
+        async def read_body() -> bytes:
+            if declared > limit:
+                raise PayloadTooLargeError(too_large_message(declared, limit))
+            message = await receive()
+            body: bytes = message.get("body", b"")
+            if not message.get("more_body", False):
+                return body
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(too_large_message(size, limit))
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            status, headers, content = await self.handler.respond(name, version, read_body, header_length)
+        except Exception:  # a server bug: answer 500 rather than dropping the connection
+            log.exception("inference request failed")
+            status, headers = 500, {"content-type": JSON_TYPE}
+            content = orjson.dumps({"error": "internal server error"})
+        raw_headers = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()]
+        raw_headers.append((b"content-length", str(len(content)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+def too_large_message(size: int, limit: int) -> str:
+    return f"request body of {size} bytes exceeds the limit of {limit} bytes (MAX_REQUEST_BYTES)"
+
+
+def _infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model, version) for an infer URL, else None."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+def build_router(plane: DataPlane, handler: InferHandler) -> APIRouter:
     """The /v2 routes; the served model's name appears as the only value of ``model_name``."""
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
-    model_name_param = Annotated[
-        str, Path(description="The served model.", json_schema_extra={"enum": [plane.name]})
-    ]
+    model_name_param = Annotated[str, Path(description="The served model.", json_schema_extra={"enum": [plane.name]})]
     version_param = Annotated[str, Path(description='Model version; this server has "1".')]
-    outcome_counters: dict[str, Callable[[], None]] = {}
-    latency = plane.metrics.latency.labels(plane.name)
-    in_flight = plane.metrics.in_flight.labels(plane.name)
-
-    def count(outcome: str) -> None:
-        increment = outcome_counters.get(outcome)
-        if increment is None:
-            increment = plane.metrics.requests.labels(plane.name, outcome).inc
-            outcome_counters[outcome] = increment
-        increment()
 
     @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
     async def server_metadata() -> Response:
@@ -452,31 +566,10 @@ def build_router(plane: DataPlane) -> APIRouter:
         return JSONResponse({"name": model_name, "ready": ready}, status_code=200 if ready else 503)
 
     async def run_infer(request: Request, model_name: str, version: str | None) -> Response:
-        started = time.perf_counter()
-        outcome = "error"
-        in_flight.inc()
-        try:
-            plane.get_model(model_name, version)  # 404 / 503 before reading the body
-            body = await request.body()
-            header_length = request.headers.get(HEADER_LENGTH)
-            if len(body) > _OFFLOAD_BYTES:
-                decoded = await asyncio.to_thread(decode_request, body, header_length)
-            else:
-                decoded = decode_request(body, header_length)
-            result = await plane.infer(model_name, decoded, version)
-            if len(body) > _OFFLOAD_BYTES:
-                content, headers = await asyncio.to_thread(encode_response, result)
-            else:
-                content, headers = encode_response(result)
-            outcome = "ok"
-            return Response(content, headers=headers)
-        except ServerError as exc:
-            outcome = exc.outcome
-            raise
-        finally:
-            in_flight.dec()
-            count(outcome)
-            latency.observe(time.perf_counter() - started)
+        status, headers, content = await handler.respond(
+            model_name, version, request.body, request.headers.get(HEADER_LENGTH)
+        )
+        return Response(content, status_code=status, headers=headers)
 
     infer_doc: dict[str, Any] = {
         "openapi_extra": {"requestBody": _infer_request_schema()},
@@ -488,12 +581,8 @@ def build_router(plane: DataPlane) -> APIRouter:
     async def infer(model_name: model_name_param, request: Request) -> Response:
         return await run_infer(request, model_name, None)
 
-    @router.post(
-        "/models/{model_name}/versions/{version}/infer", summary="Inference on a version", **infer_doc
-    )
-    async def infer_version(
-        model_name: model_name_param, version: version_param, request: Request
-    ) -> Response:
+    @router.post("/models/{model_name}/versions/{version}/infer", summary="Inference on a version", **infer_doc)
+    async def infer_version(model_name: model_name_param, version: version_param, request: Request) -> Response:
         return await run_infer(request, model_name, version)
 
     return router

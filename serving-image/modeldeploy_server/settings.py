@@ -27,9 +27,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Settings(BaseSettings):
     """Validated configuration of one server process (one model per process)."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=False, protected_namespaces=(), extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(case_sensitive=False, protected_namespaces=(), extra="ignore", frozen=True)
 
     model_path: Path = Field(description="The ONNX file to serve.")
     model_name: str = Field("", description="Name in the URL; defaults to the file name without suffix.")
@@ -41,9 +39,7 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         5.0, ge=0, le=10_000, description="Longest a request waits for others while a run is in flight."
     )
-    intra_op_threads: int = Field(
-        0, ge=0, le=1024, description="onnxruntime intra-op threads; 0 = its default."
-    )
+    intra_op_threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads; 0 = its default.")
     inference_workers: int = Field(1, ge=1, le=64, description="Threads running batches concurrently.")
     execution_providers: Annotated[tuple[str, ...], NoDecode] = Field(
         (),

@@ -223,9 +223,7 @@ def launch(
     if name:
         command += ["--name", name]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir
-        )
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir)
     return RunningServer(process, port, log_path, termination, name or model.stem)
 
 
@@ -244,8 +242,14 @@ def start_server(tmp_path: Path) -> Iterator[object]:
     """Factory: ``start_server(model, *flags, env=..., wait=True)``; every server is stopped afterwards."""
     servers: list[RunningServer] = []
 
-    def start(model: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True,
-              name: str | None = None, prefix: Sequence[str] = ()) -> RunningServer:
+    def start(
+        model: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        name: str | None = None,
+        prefix: Sequence[str] = (),
+    ) -> RunningServer:
         server = launch(model, tmp_path, *args, env=env, name=name, prefix=prefix)
         servers.append(server)
         if wait:
@@ -269,8 +273,14 @@ def _module_server(model: Path, workdir: Path, *args: str) -> Iterator[RunningSe
 @pytest.fixture(scope="module")
 def mlp_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _module_server(
-        model_dir / "mlp.onnx", tmp_path_factory.mktemp("mlp"), "--max-batch-size", "64",
-        "--sha256", sha256_of(model_dir / "mlp.onnx"), "--model-root", str(model_dir),
+        model_dir / "mlp.onnx",
+        tmp_path_factory.mktemp("mlp"),
+        "--max-batch-size",
+        "64",
+        "--sha256",
+        sha256_of(model_dir / "mlp.onnx"),
+        "--model-root",
+        str(model_dir),
     )
 
 

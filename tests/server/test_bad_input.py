@@ -23,55 +23,72 @@ def two_io_inputs() -> list[dict[str, Any]]:
 # (request body, words the error message must contain)
 MLP_CASES: dict[str, tuple[Any, list[str]]] = {
     "wrong tensor name": (
-        {"inputs": [{**good_mlp_input(), "name": "pixels"}]}, ["'pixels'", "input"],
+        {"inputs": [{**good_mlp_input(), "name": "pixels"}]},
+        ["'pixels'", "input"],
     ),
     "wrong datatype": (
-        {"inputs": [{**good_mlp_input(), "datatype": "FP64"}]}, ["'input'", "FP32", "FP64"],
+        {"inputs": [{**good_mlp_input(), "datatype": "FP64"}]},
+        ["'input'", "FP32", "FP64"],
     ),
     "unknown datatype": (
-        {"inputs": [{**good_mlp_input(), "datatype": "FLOAT"}]}, ["'input'", "FLOAT", "FP32"],
+        {"inputs": [{**good_mlp_input(), "datatype": "FLOAT"}]},
+        ["'input'", "FLOAT", "FP32"],
     ),
     "wrong shape": (
-        {"inputs": [{**good_mlp_input(), "shape": [2, 32]}]}, ["'input'", "[-1, 64]", "[2, 32]"],
+        {"inputs": [{**good_mlp_input(), "shape": [2, 32]}]},
+        ["'input'", "[-1, 64]", "[2, 32]"],
     ),
     "wrong rank": (
-        {"inputs": [{**good_mlp_input(), "shape": [64]}]}, ["'input'", "[-1, 64]", "[64]"],
+        {"inputs": [{**good_mlp_input(), "shape": [64]}]},
+        ["'input'", "[-1, 64]", "[64]"],
     ),
     "data count differs from shape": (
-        {"inputs": [{**good_mlp_input(), "data": [0.5] * 63}]}, ["'input'", "64", "63"],
+        {"inputs": [{**good_mlp_input(), "data": [0.5] * 63}]},
+        ["'input'", "64", "63"],
     ),
     "negative dimension": (
-        {"inputs": [{**good_mlp_input(), "shape": [-1, 64]}]}, ["'input'", "non-negative"],
+        {"inputs": [{**good_mlp_input(), "shape": [-1, 64]}]},
+        ["'input'", "non-negative"],
     ),
     "empty batch": (
-        {"inputs": [{**good_mlp_input(), "shape": [0, 64], "data": []}]}, ["'input'", "batch"],
+        {"inputs": [{**good_mlp_input(), "shape": [0, 64], "data": []}]},
+        ["'input'", "batch"],
     ),
     "strings in a float tensor": (
-        {"inputs": [{**good_mlp_input(), "data": ["x"] * 64}]}, ["'input'", "FP32"],
+        {"inputs": [{**good_mlp_input(), "data": ["x"] * 64}]},
+        ["'input'", "FP32"],
     ),
     "null (non-finite) values": (
-        {"inputs": [{**good_mlp_input(), "data": [None] * 64}]}, ["'input'", "finite"],
+        {"inputs": [{**good_mlp_input(), "data": [None] * 64}]},
+        ["'input'", "finite"],
     ),
     "overflowing float": (
-        {"inputs": [{**good_mlp_input(), "data": [1e39] * 64}]}, ["'input'", "finite"],
+        {"inputs": [{**good_mlp_input(), "data": [1e39] * 64}]},
+        ["'input'", "finite"],
     ),
     "ragged nested data": (
-        {"inputs": [{**good_mlp_input(), "shape": [2, 2], "data": [[1.0, 2.0], [3.0]]}]}, ["'input'"],
+        {"inputs": [{**good_mlp_input(), "shape": [2, 2], "data": [[1.0, 2.0], [3.0]]}]},
+        ["'input'"],
     ),
     "data not a list": (
-        {"inputs": [{**good_mlp_input(), "data": "0.5"}]}, ["'input'", "list"],
+        {"inputs": [{**good_mlp_input(), "data": "0.5"}]},
+        ["'input'", "list"],
     ),
     "missing data": (
-        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "data"}]}, ["'input'", "data"],
+        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "data"}]},
+        ["'input'", "data"],
     ),
     "missing shape": (
-        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "shape"}]}, ["'input'", "shape"],
+        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "shape"}]},
+        ["'input'", "shape"],
     ),
     "missing datatype": (
-        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "datatype"}]}, ["'input'", "datatype"],
+        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "datatype"}]},
+        ["'input'", "datatype"],
     ),
     "missing name": (
-        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "name"}]}, ["inputs[0]", "name"],
+        {"inputs": [{k: v for k, v in good_mlp_input().items() if k != "name"}]},
+        ["inputs[0]", "name"],
     ),
     "missing inputs": ({"id": "x"}, ["inputs"]),
     "empty inputs": ({"inputs": []}, ["inputs"]),
@@ -79,12 +96,14 @@ MLP_CASES: dict[str, tuple[Any, list[str]]] = {
     "input not an object": ({"inputs": [3]}, ["inputs[0]"]),
     "duplicate input": ({"inputs": [good_mlp_input(), good_mlp_input()]}, ["'input'", "more than once"]),
     "unknown output": (
-        {"inputs": [good_mlp_input()], "outputs": [{"name": "logits"}]}, ["'logits'", "output"],
+        {"inputs": [good_mlp_input()], "outputs": [{"name": "logits"}]},
+        ["'logits'", "output"],
     ),
     "id not a string": ({"id": 5, "inputs": [good_mlp_input()]}, ["id", "str"]),
     "body is a list": ([good_mlp_input()], ["object"]),
     "binary_data_output not a bool": (
-        {"inputs": [good_mlp_input()], "parameters": {"binary_data_output": "yes"}}, ["binary_data_output"],
+        {"inputs": [good_mlp_input()], "parameters": {"binary_data_output": "yes"}},
+        ["binary_data_output"],
     ),
 }
 
@@ -142,10 +161,12 @@ def test_two_input_model_errors_name_the_tensor(two_io_server: Any) -> None:
 
 
 def test_disagreeing_batch_dimensions(dynamic_server: Any) -> None:
-    body = {"inputs": [
-        {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1.0] * 4},
-        {"name": "mask", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]},
-    ]}
+    body = {
+        "inputs": [
+            {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1.0] * 4},
+            {"name": "mask", "shape": [1, 2], "datatype": "BOOL", "data": [True, False]},
+        ]
+    }
     response = dynamic_server.client.post("/v2/models/dynamic/infer", json=body)
     assert response.status_code == 400
     assert "batch dimension" in response.json()["error"]
@@ -211,7 +232,7 @@ def test_body_over_the_limit_is_413(start_server: Any, model_dir: Any) -> None:
     small = {"inputs": [good_mlp_input()]}
     assert server.client.post("/v2/models/mlp/infer", json=small).status_code == 200
     metrics = server.client.get("/metrics").text
-    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large"} 1.0' in metrics
+    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large"} 2.0' in metrics
 
 
 def test_server_still_answers_after_bad_requests(mlp_server: Any) -> None:

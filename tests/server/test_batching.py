@@ -15,13 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 def infer_body(name: str, array: np.ndarray, datatype: str = "FP32") -> dict[str, Any]:
-    return {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
-                        "data": array.ravel().tolist()}]}
+    return {
+        "inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.ravel().tolist()}]
+    }
 
 
-def post_concurrently(
-    url: str, path: str, bodies: Sequence[dict[str, Any]], workers: int
-) -> list[httpx.Response]:
+def post_concurrently(url: str, path: str, bodies: Sequence[dict[str, Any]], workers: int) -> list[httpx.Response]:
     """Each worker thread keeps its own connection, like independent clients."""
     clients = [httpx.Client(base_url=url, timeout=60.0) for _ in range(workers)]
 
@@ -70,8 +69,7 @@ def test_concurrent_results_equal_single_runs(slow_server: Any, model_dir: Path)
 
     singles = [output_of(slow_server.client.post("/v2/models/slow/infer", json=body)) for body in bodies]
     before = slow_server.client.get("/metrics").text
-    concurrent = [output_of(r) for r in post_concurrently(
-        slow_server.url, "/v2/models/slow/infer", bodies, workers=16)]
+    concurrent = [output_of(r) for r in post_concurrently(slow_server.url, "/v2/models/slow/infer", bodies, workers=16)]
     after = slow_server.client.get("/metrics").text
 
     session = ort.InferenceSession(str(model_dir / "slow.onnx"), providers=["CPUExecutionProvider"])
@@ -80,9 +78,11 @@ def test_concurrent_results_equal_single_runs(slow_server: Any, model_dir: Path)
         np.testing.assert_array_equal(alone, session.run(["output"], {"input": array})[0])
 
     runs = single(after, "modeldeploy_batch_size_count", model="slow") - single(
-        before, "modeldeploy_batch_size_count", model="slow")
+        before, "modeldeploy_batch_size_count", model="slow"
+    )
     rows = single(after, "modeldeploy_batch_size_sum", model="slow") - single(
-        before, "modeldeploy_batch_size_sum", model="slow")
+        before, "modeldeploy_batch_size_sum", model="slow"
+    )
     assert rows == sum(array.shape[0] for array in arrays)
     assert runs < len(arrays), "concurrent requests should share onnxruntime runs"
     # at least one run carried more rows than the largest single request (8)
@@ -92,12 +92,16 @@ def test_concurrent_results_equal_single_runs(slow_server: Any, model_dir: Path)
 
 def test_requests_of_different_lengths_are_kept_apart(dynamic_server: Any, model_dir: Path) -> None:
     rng = np.random.default_rng(4)
-    xs = [rng.standard_normal((int(rng.integers(1, 4)), int(rng.integers(1, 6)))).astype(np.float32)
-          for _ in range(40)]
-    bodies = [{"inputs": [
-        {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
-        {"name": "mask", "shape": list(x.shape), "datatype": "BOOL", "data": (x > 0).ravel().tolist()},
-    ]} for x in xs]
+    xs = [rng.standard_normal((int(rng.integers(1, 4)), int(rng.integers(1, 6)))).astype(np.float32) for _ in range(40)]
+    bodies = [
+        {
+            "inputs": [
+                {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()},
+                {"name": "mask", "shape": list(x.shape), "datatype": "BOOL", "data": (x > 0).ravel().tolist()},
+            ]
+        }
+        for x in xs
+    ]
     responses = post_concurrently(dynamic_server.url, "/v2/models/dynamic/infer", bodies, workers=8)
     for x, response in zip(xs, responses, strict=True):
         assert response.status_code == 200, response.text

@@ -62,8 +62,12 @@ def test_schema_driven_fuzzing_finds_no_server_error(mlp_server: Any) -> None:
 
 DATATYPES = ["FP32", "FP64", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL", "BYTES", "fp32", "X"]
 NUMBERS = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(-(2**65), 2**65), st.booleans(),
-    st.none(), st.text(max_size=3), st.floats(allow_nan=False, allow_infinity=False, min_value=-1e40, max_value=1e40),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.integers(-(2**65), 2**65),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e40, max_value=1e40),
 )
 
 
@@ -71,9 +75,9 @@ NUMBERS = st.one_of(
 def near_miss_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     name = draw(st.sampled_from(["input", "input", "Input", "output", ""]))
     datatype = draw(st.one_of(st.just("FP32"), st.sampled_from(DATATYPES)))
-    shape = draw(st.one_of(
-        st.sampled_from([[1, 64], [2, 64], [3, 64]]), st.lists(st.integers(-1, 70), min_size=0, max_size=3)
-    ))
+    shape = draw(
+        st.one_of(st.sampled_from([[1, 64], [2, 64], [3, 64]]), st.lists(st.integers(-1, 70), min_size=0, max_size=3))
+    )
     tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
     binary = draw(st.booleans())
     extra_headers: dict[str, str] = {}
@@ -92,8 +96,12 @@ def near_miss_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
         tensor["data"] = draw(st.lists(values, min_size=count, max_size=count))
         document: dict[str, Any] = {"inputs": [tensor]}
         if draw(st.booleans()):
-            document["outputs"] = [{"name": draw(st.sampled_from(["output", "x"])),
-                                    "parameters": {"binary_data": draw(st.sampled_from([True, False, 1]))}}]
+            document["outputs"] = [
+                {
+                    "name": draw(st.sampled_from(["output", "x"])),
+                    "parameters": {"binary_data": draw(st.sampled_from([True, False, 1]))},
+                }
+            ]
         if draw(st.booleans()):
             document["parameters"] = {"binary_data_output": draw(st.sampled_from([True, False, "true"]))}
         body = json.dumps(document).encode()

@@ -27,9 +27,7 @@ def expect_load_failure(server: Any, *fragments: str, code: int = 1) -> str:
     return message
 
 
-def test_sha256_mismatch_exits_with_termination_message(
-    start_server: Callable[..., Any], model_dir: Path
-) -> None:
+def test_sha256_mismatch_exits_with_termination_message(start_server: Callable[..., Any], model_dir: Path) -> None:
     wrong = "ab" * 32
     server = start_server(model_dir / "mlp.onnx", "--sha256", wrong, wait=False)
     message = expect_load_failure(server, "sha256 mismatch", wrong)
@@ -77,8 +75,13 @@ def test_invalid_configuration_exits_2(start_server: Callable[..., Any], model_d
 def test_settings_come_from_the_environment(start_server: Callable[..., Any], model_dir: Path) -> None:
     server = start_server(
         model_dir / "mlp.onnx",
-        env={"MODEL_NAME": "renamed", "MAX_BATCH_SIZE": "4", "MODEL_ROOT": str(model_dir),
-             "EXECUTION_PROVIDERS": "cuda,cpu", "INTRA_OP_THREADS": "1"},
+        env={
+            "MODEL_NAME": "renamed",
+            "MAX_BATCH_SIZE": "4",
+            "MODEL_ROOT": str(model_dir),
+            "EXECUTION_PROVIDERS": "cuda,cpu",
+            "INTRA_OP_THREADS": "1",
+        },
         name=None,
     )
     server.model_name = "renamed"
@@ -132,7 +135,11 @@ def test_sigterm_under_load_fails_no_request(start_server: Callable[..., Any], m
 
 def test_sigterm_lets_in_flight_requests_finish(start_server: Callable[..., Any], model_dir: Path) -> None:
     server = start_server(
-        model_dir / "slow.onnx", "--intra-op-threads", "1", "--max-batch-size", "1024",
+        model_dir / "slow.onnx",
+        "--intra-op-threads",
+        "1",
+        "--max-batch-size",
+        "1024",
         env={"SHUTDOWN_DRAIN_SECONDS": "0"},
     )
     rows = 1024
@@ -165,9 +172,7 @@ READ_ONLY_ROOT = (
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("setpriv") is None, reason="needs util-linux")
-def test_runs_on_a_read_only_root_filesystem(
-    start_server: Callable[..., Any], model_dir: Path, tmp_path: Path
-) -> None:
+def test_runs_on_a_read_only_root_filesystem(start_server: Callable[..., Any], model_dir: Path, tmp_path: Path) -> None:
     """Everything read-only except one scratch folder (the pod's /tmp emptyDir), all capabilities dropped."""
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
@@ -177,8 +182,11 @@ def test_runs_on_a_read_only_root_filesystem(
     server = start_server(
         model_dir / "mlp.onnx",
         prefix=["unshare", "-m", "sh", "-c", READ_ONLY_ROOT, "sh"],
-        env={"SCRATCH": str(scratch), "TMPDIR": str(scratch),
-             "TERMINATION_MESSAGE_PATH": str(scratch / "termination-log")},
+        env={
+            "SCRATCH": str(scratch),
+            "TMPDIR": str(scratch),
+            "TERMINATION_MESSAGE_PATH": str(scratch / "termination-log"),
+        },
     )
     assert server.client.post("/v2/models/mlp/infer", json=MLP_BODY).status_code == 200
     assert server.client.get("/metrics").status_code == 200

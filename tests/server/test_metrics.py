@@ -29,8 +29,9 @@ def value(families: dict[str, Any], family: str, sample: str, default: float | N
 
 
 def body(array: np.ndarray) -> dict[str, Any]:
-    return {"inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32",
-                        "data": array.ravel().tolist()}]}
+    return {
+        "inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32", "data": array.ravel().tolist()}]
+    }
 
 
 def test_exposition_covers_requests_latency_batches_queue_load_and_info(mlp_server: Any) -> None:
@@ -49,17 +50,26 @@ def test_exposition_covers_requests_latency_batches_queue_load_and_info(mlp_serv
     assert families["modeldeploy_requests"].type == "counter"
     count = value(families, "modeldeploy_requests", "modeldeploy_requests_total", model="mlp", outcome="ok")
     assert count == ok_before + 3
-    assert value(families, "modeldeploy_requests", "modeldeploy_requests_total",
-                 model="mlp", outcome="invalid_input") >= 2
-    assert value(families, "modeldeploy_requests", "modeldeploy_requests_total",
-                 model="mlp", outcome="not_found") >= 1
+    assert (
+        value(families, "modeldeploy_requests", "modeldeploy_requests_total", model="mlp", outcome="invalid_input") >= 2
+    )
+    assert value(families, "modeldeploy_requests", "modeldeploy_requests_total", model="mlp", outcome="not_found") >= 1
 
     assert families["modeldeploy_request_duration_seconds"].type == "histogram"
-    latency_count = value(families, "modeldeploy_request_duration_seconds",
-                          "modeldeploy_request_duration_seconds_count", model="mlp")
+    latency_count = value(
+        families, "modeldeploy_request_duration_seconds", "modeldeploy_request_duration_seconds_count", model="mlp"
+    )
     assert latency_count >= 6
-    assert value(families, "modeldeploy_request_duration_seconds", "modeldeploy_request_duration_seconds_bucket",
-                 model="mlp", le="+Inf") == latency_count
+    assert (
+        value(
+            families,
+            "modeldeploy_request_duration_seconds",
+            "modeldeploy_request_duration_seconds_bucket",
+            model="mlp",
+            le="+Inf",
+        )
+        == latency_count
+    )
 
     assert families["modeldeploy_batch_size"].type == "histogram"
     assert value(families, "modeldeploy_batch_size", "modeldeploy_batch_size_sum", model="mlp") >= 6
@@ -127,8 +137,11 @@ def test_a_broken_profile_is_reported_and_serving_goes_on(
     start_server: Callable[..., Any], model_dir: Path, tmp_path: Path
 ) -> None:
     profile = tmp_path / "broken.json"
-    profile.write_text(json.dumps({"format": "modeldeploy.profile/v1",
-                                   "inputs": {"input": {"bin_edges": [0, 1], "fractions": [0.5, 0.5]}}}))
+    profile.write_text(
+        json.dumps(
+            {"format": "modeldeploy.profile/v1", "inputs": {"input": {"bin_edges": [0, 1], "fractions": [0.5, 0.5]}}}
+        )
+    )
     server = start_server(model_dir / "mlp.onnx", "--drift-profile", str(profile))
     assert "drift scores are off" in server.log() and "'input'" in server.log()
     assert server.client.post("/v2/models/mlp/infer", json=body(np.ones((1, 64), np.float32))).status_code == 200

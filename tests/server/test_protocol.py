@@ -176,14 +176,17 @@ def test_two_inputs_two_outputs_and_output_selection(two_io_server: Any, model_d
 def test_mixed_binary_and_json_inputs(two_io_server: Any, model_dir: Path) -> None:
     a = np.full((2, 3), 0.5, dtype=np.float32)
     b = np.ones((2, 3), dtype=np.int64)
-    head = json.dumps({
-        "inputs": [
-            json_input("a", a, "FP32"),
-            {"name": "b", "shape": [2, 3], "datatype": "INT64", "parameters": {"binary_data_size": b.nbytes}},
-        ]
-    }).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                json_input("a", a, "FP32"),
+                {"name": "b", "shape": [2, 3], "datatype": "INT64", "parameters": {"binary_data_size": b.nbytes}},
+            ]
+        }
+    ).encode()
     response = two_io_server.client.post(
-        "/v2/models/two_io/infer", content=head + b.tobytes(),
+        "/v2/models/two_io/infer",
+        content=head + b.tobytes(),
         headers={"Inference-Header-Content-Length": str(len(head))},
     )
     assert response.status_code == 200, response.text
@@ -200,7 +203,7 @@ def test_dynamic_dimensions_and_bool_tensors(dynamic_server: Any, model_dir: Pat
     ]
     for rows, seq in ((1, 1), (2, 5), (7, 3)):
         x = np.random.default_rng(rows).standard_normal((rows, seq)).astype(np.float32)
-        mask = (x > 0)
+        mask = x > 0
         body = {"inputs": [json_input("x", x, "FP32"), json_input("mask", mask, "BOOL")]}
         response = dynamic_server.client.post("/v2/models/dynamic/infer", json=body)
         assert response.status_code == 200, response.text
@@ -231,4 +234,3 @@ def test_openapi_document_and_docs(mlp_server: Any) -> None:
     body = infer["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["inputs"]["items"]["properties"]["name"]["enum"] == ["input"]
     assert mlp_server.client.get("/docs").status_code == 200
-

@@ -1,0 +1,520 @@
+"""Serving benchmark, side by side in one run on the same machine, models, threads and load generator.
+
+Contenders, for each model:
+  (a) limits: onnxruntime ``run`` in-process at the best batch size (no HTTP), and a bare ASGI app under
+      uvicorn that reads the body and returns a fixed response (the HTTP floor; MLP only - for the
+      encoder it is three orders of magnitude below a run);
+  (b) modeldeploy_server (``python -m modeldeploy_server``);
+  (c) the tutorial pattern: FastAPI + pydantic, ``run`` per request (tutorial_app.py).
+Load: ``wrk`` (Debian package; installed with apt-get when missing) with a Lua script posting one
+request body, one connection per concurrent client. Reported: requests/s and p50/p99 latency at
+concurrency 1, 8 and 32 (throughput at saturation = the best of those), compared with the targets.
+
+Usage: .venv/bin/python benchmarks/server/bench_server.py [--quick] [--profile] [--models mlp,encoder4]
+Results are printed and written to benchmarks/results/server.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import models  # noqa: E402
+
+CACHE = Path(os.environ.get("MODELDEPLOY_BENCH_CACHE", Path.home() / ".cache" / "modeldeploy" / "bench"))
+LUA = """
+local f = io.open("{body}", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT {{\\"requests\\": %d, \\"duration_us\\": %d, \\"errors\\": %d, \\"non2xx\\": %d, "
+    .. "\\"p50_us\\": %d, \\"p99_us\\": %d, \\"mean_us\\": %f}}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    failures: int
+
+
+@dataclass
+class ContenderResult:
+    name: str
+    runs: list[LoadResult] = field(default_factory=list)
+
+    def at(self, concurrency: int) -> LoadResult | None:
+        return next((r for r in self.runs if r.concurrency == concurrency), None)
+
+    @property
+    def saturation(self) -> float:
+        return max((r.requests_per_s for r in self.runs), default=0.0)
+
+
+@dataclass
+class InProcess:
+    one_run_ms: float
+    best_batch: int
+    best_rows_per_s: float
+    by_batch: dict[int, float]
+
+
+# --- tools -----------------------------------------------------------------------------------------
+
+
+def find_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: installing the Debian package", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+        if not shutil.which("wrk"):
+            subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit("wrk is needed: install it (Debian/Ubuntu: apt-get install wrk)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str], health_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(health_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command} not healthy:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_wrk(wrk: str, url: str, body: Path, concurrency: int, seconds: float, workdir: Path) -> LoadResult:
+    script = workdir / f"post-{body.stem}.lua"
+    script.write_text(LUA.format(body=body))
+    command = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(script),
+        url,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    data = json.loads(line.removeprefix("RESULT "))
+    return LoadResult(
+        concurrency=concurrency,
+        requests_per_s=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        failures=data["errors"] + data["non2xx"],
+    )
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+
+def measure_in_process(path: Path, name: str, threads: int, batches: list[int], budget_s: float) -> InProcess:
+    """Best of spinning and non-spinning thread pools; per batch size, the median of repeated runs."""
+    best_single = float("inf")
+    by_batch: dict[int, float] = {}
+    for spinning in ("1", "0"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for batch in batches:
+            input_name, array = models.sample_input(name, batch)
+            session.run(None, {input_name: array})
+            times = []
+            deadline = time.perf_counter() + budget_s
+            while time.perf_counter() < deadline or len(times) < 5:
+                started = time.perf_counter()
+                session.run(None, {input_name: array})
+                times.append(time.perf_counter() - started)
+            median = statistics.median(times)
+            by_batch[batch] = max(by_batch.get(batch, 0.0), batch / median)
+            if batch == 1:
+                best_single = min(best_single, median)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return InProcess(best_single * 1000, best, by_batch[best], by_batch)
+
+
+def request_bodies(name: str, workdir: Path) -> tuple[Path, Path]:
+    input_name, array = models.sample_input(name, 1, seed=1)
+    datatype = "FP32" if array.dtype == np.float32 else "INT64"
+    oip = {
+        "inputs": [
+            {"name": input_name, "shape": list(array.shape), "datatype": datatype, "data": array.ravel().tolist()}
+        ]
+    }
+    tutorial = {"inputs": array.tolist()}
+    oip_path, tutorial_path = workdir / f"{name}-oip.json", workdir / f"{name}-tutorial.json"
+    oip_path.write_text(json.dumps(oip))
+    tutorial_path.write_text(json.dumps(tutorial))
+    return oip_path, tutorial_path
+
+
+def load_series(
+    wrk: str, url: str, body: Path, levels: list[int], seconds: float, warm_s: float, workdir: Path, label: str
+) -> ContenderResult:
+    result = ContenderResult(label)
+    run_wrk(wrk, url, body, 8, warm_s, workdir)
+    for concurrency in levels:
+        run = run_wrk(wrk, url, body, concurrency, seconds, workdir)
+        result.runs.append(run)
+        print(
+            f"    {label:<22} c={concurrency:<3} {run.requests_per_s:9.1f} req/s  p50 {run.p50_ms:8.2f} ms  "
+            f"p99 {run.p99_ms:8.2f} ms  failures {run.failures}",
+            flush=True,
+        )
+    return result
+
+
+def profile_server(pid: int, wrk: str, url: str, body: Path, seconds: float, workdir: Path) -> list[str]:
+    """Sample the server's Python stacks with py-spy while wrk keeps it saturated; top functions."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
+    stacks = workdir / "stacks.txt"
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--duration",
+            str(round(seconds)),
+            "--format",
+            "raw",
+            "--output",
+            str(stacks),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    run_wrk(wrk, url, body, 32, seconds, workdir)
+    recorder.wait(timeout=60)
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in stacks.read_text().splitlines():
+        frames_text, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split("/")[-1] if " (" in f else f
+            for f in frames_text.split(";")
+        ]
+        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"py-spy, {total} samples over all threads (idle event-loop waits included):", "  self time:"]
+    lines += [f"    {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(12)]
+    lines.append("  inclusive:")
+    lines += [f"    {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(25)]
+    return lines
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def verdicts(
+    name: str, limit: InProcess, server: ContenderResult, tutorial: ContenderResult, floor: ContenderResult | None
+) -> list[str]:
+    out = []
+
+    def line(ok: bool, text: str) -> None:
+        out.append(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+    one = limit.one_run_ms
+    if name.startswith("encoder"):
+        ratio = server.saturation / limit.best_rows_per_s
+        line(
+            ratio >= 0.97,
+            f"throughput {server.saturation:.1f} req/s = {ratio:.3f} x in-process limit "
+            f"{limit.best_rows_per_s:.1f} (target >= 0.97)",
+        )
+        c8, c1 = server.at(8), server.at(1)
+        if c8:
+            ratio8 = c8.p99_ms / (8 * one)
+            line(
+                ratio8 <= 1.15,
+                f"p99 at c=8 {c8.p99_ms:.1f} ms = {ratio8:.3f} x (8 x one run = {8 * one:.1f} ms) "
+                f"(target <= 1.15; tutorial: {tutorial.at(8).p99_ms / (8 * one):.2f} x)"
+                if tutorial.at(8)
+                else "",
+            )
+        if c1:
+            ratio1 = c1.p50_ms / one
+            line(
+                ratio1 <= 1.05, f"p50 at c=1 {c1.p50_ms:.2f} ms = {ratio1:.3f} x one run {one:.2f} ms (target <= 1.05)"
+            )
+        tr = tutorial.saturation / limit.best_rows_per_s
+        out.append(f"  tutorial app: {tutorial.saturation:.1f} req/s = {tr:.3f} x in-process limit")
+    else:
+        s32, t32 = server.at(32), tutorial.at(32)
+        if s32 and t32:
+            ratio = s32.requests_per_s / t32.requests_per_s
+            line(
+                ratio >= 2 and s32.p99_ms < t32.p99_ms,
+                f"c=32: {s32.requests_per_s:.0f} req/s = {ratio:.2f} x tutorial {t32.requests_per_s:.0f} "
+                "(target >= 2), "
+                f"p99 {s32.p99_ms:.2f} ms vs tutorial {t32.p99_ms:.2f} ms (target lower)",
+            )
+        if floor:
+            half = server.saturation / floor.saturation
+            line(
+                half >= 0.5,
+                f"stretch: saturation {server.saturation:.0f} req/s = {half:.2f} x ASGI floor "
+                f"{floor.saturation:.0f} (stretch >= 0.5)",
+            )
+        s1, t1 = server.at(1), tutorial.at(1)
+        if s1 and t1:
+            line(
+                s1.p50_ms <= t1.p50_ms,
+                f"p50 at c=1 {s1.p50_ms:.3f} ms vs tutorial {t1.p50_ms:.3f} ms (target no worse)",
+            )
+        out.append(
+            f"  in-process limit: {limit.best_rows_per_s:.0f} rows/s at batch {limit.best_batch}; "
+            f"one run {limit.one_run_ms * 1000:.0f} us"
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: short loads, MLP and 4-layer encoder")
+    parser.add_argument("--models", help="comma list of mlp, encoder4, encoder12")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads, every contender")
+    parser.add_argument("--profile", action="store_true", help="also profile the server on the MLP at c=32")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "server.json")
+    args = parser.parse_args()
+    names = (
+        args.models.split(",")
+        if args.models
+        else (["mlp", "encoder4"] if args.quick else ["mlp", "encoder4", "encoder12"])
+    )
+    levels = [1, 8, 32]
+    wrk = find_wrk()
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "command": " ".join([".venv/bin/python", "benchmarks/server/bench_server.py", *sys.argv[1:]]),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "onnxruntime": ort.__version__,
+        "models": {},
+    }
+    summary: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        workdir = Path(tmp)
+        for name in names:
+            path = models.ensure(CACHE, name)
+            encoder = name.startswith("encoder")
+            seconds = (2 if args.quick else (12 if name == "encoder12" else 8)) if encoder else (2 if args.quick else 6)
+            warm = 1 if args.quick else 2
+            print(f"\n== {name} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
+            batches = ([1, 2, 4, 8] if name == "encoder4" else [1, 2, 4]) if encoder else [1, 8, 32, 64, 128, 256]
+            limit = measure_in_process(path, name, args.threads, batches, 0.3 if args.quick else 1.0)
+            print(
+                f"    in-process: one run {limit.one_run_ms:.3f} ms; rows/s by batch "
+                + ", ".join(f"{b}: {v:.0f}" for b, v in limit.by_batch.items()),
+                flush=True,
+            )
+            oip_body, tutorial_body = request_bodies(name, workdir)
+            floor = None
+            if not encoder:
+                port = free_port()
+                with running(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "asgi_floor:app",
+                        "--port",
+                        str(port),
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                        "--loop",
+                        "uvloop",
+                        "--http",
+                        "httptools",
+                    ],
+                    {},
+                    f"http://127.0.0.1:{port}/",
+                    workdir / "floor.log",
+                ):
+                    floor = load_series(
+                        wrk, f"http://127.0.0.1:{port}/", oip_body, levels, seconds, warm, workdir, "ASGI floor"
+                    )
+            port = free_port()
+            max_batch = max(limit.best_batch, 8 if encoder else 64)
+            server_cmd = [
+                sys.executable,
+                "-m",
+                "modeldeploy_server",
+                "--model",
+                str(path),
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--intra-op-threads",
+                str(args.threads),
+                "--max-batch-size",
+                str(max_batch),
+                "--max-batch-delay-ms",
+                "2",
+                "--log-level",
+                "warning",
+            ]
+            url = f"http://127.0.0.1:{port}/v2/models/{name}/infer"
+            with running(
+                server_cmd,
+                {"TERMINATION_MESSAGE_PATH": str(workdir / "termination")},
+                f"http://127.0.0.1:{port}/health/ready",
+                workdir / "server.log",
+            ) as server_process:
+                server = load_series(wrk, url, oip_body, levels, seconds, warm, workdir, "modeldeploy_server")
+                metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+                if args.profile and not encoder:
+                    profile = profile_server(server_process.pid, wrk, url, oip_body, 6, workdir)
+                    print("\n".join(profile), flush=True)
+                    report.setdefault("profile", {})[name] = profile
+            port = free_port()
+            with running(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "tutorial_app:app",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                {"BENCH_MODEL_PATH": str(path), "BENCH_THREADS": str(args.threads)},
+                f"http://127.0.0.1:{port}/health",
+                workdir / "tutorial.log",
+            ):
+                tutorial = load_series(
+                    wrk,
+                    f"http://127.0.0.1:{port}/predict",
+                    tutorial_body,
+                    levels,
+                    seconds,
+                    warm,
+                    workdir,
+                    "tutorial FastAPI",
+                )
+            mean_batch = _mean_batch(metrics)
+            report["models"][name] = {
+                "in_process": asdict(limit),
+                "server": asdict(server),
+                "tutorial": asdict(tutorial),
+                "asgi_floor": asdict(floor) if floor else None,
+                "server_mean_batch_rows": mean_batch,
+            }
+            summary.append(f"{name}: (server mean batch {mean_batch:.2f} rows)")
+            summary += verdicts(name, limit, server, tutorial, floor)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    print("\n== targets")
+    print("\n".join(summary))
+    print(f"\ntotal {report['elapsed_s']} s; results in {args.output}")
+    report["summary"] = summary
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+    failures = [
+        r
+        for m in report["models"].values()
+        for c in ("server", "tutorial", "asgi_floor")
+        if m[c]
+        for r in m[c]["runs"]
+        if r["failures"]
+    ]
+    if failures:
+        print(f"WARNING: {len(failures)} load runs saw failed requests", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mean_batch(metrics_text: str) -> float:
+    values = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(("modeldeploy_batch_size_sum", "modeldeploy_batch_size_count")):
+            values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    count = values.get("modeldeploy_batch_size_count", 0.0)
+    return values.get("modeldeploy_batch_size_sum", 0.0) / count if count else 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
