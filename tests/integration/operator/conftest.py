@@ -15,7 +15,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operator_harness import CRD, ISTIO_CRDS, RULES, Harness
+from operator_harness import CRD, RULES, Harness, install_istio, uninstall_istio
 
 import localcluster
 
@@ -26,16 +26,6 @@ Cluster = localcluster.Cluster
 def operator_crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
-
-
-def install_istio(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ISTIO_CRDS))
-    for name in ("virtualservices", "destinationrules"):
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.networking.istio.io")
-
-
-def uninstall_istio(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", str(ISTIO_CRDS))
 
 
 @pytest.fixture

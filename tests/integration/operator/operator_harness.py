@@ -182,3 +182,13 @@ def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
     document["metadata"]["name"] = name
     document["spec"].update(spec_overrides)
     return {k: v for k, v in document.items()}
+
+
+def install_istio(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ISTIO_CRDS))
+    for name in ("virtualservices", "destinationrules"):
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.networking.istio.io")
+
+
+def uninstall_istio(cluster: Cluster) -> None:
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", str(ISTIO_CRDS))
