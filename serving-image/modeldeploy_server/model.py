@@ -155,8 +155,10 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     if settings.intra_op_threads:
         options.intra_op_num_threads = settings.intra_op_threads
-    # Spinning intra-op threads burn the cores the event loop needs between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # By default idle intra-op threads sleep instead of spinning: spinning burns the cores the event
+    # loop (and neighbours on a shared node) need between runs.
+    spinning = "1" if settings.intra_op_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.add_session_config_entry(
         "session.model_external_initializers_file_folder_path", str(settings.model_path.resolve().parent)
     )

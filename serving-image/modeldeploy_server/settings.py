@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         5.0, ge=0, le=10_000, description="Longest a request waits for others while a run is in flight."
     )
     intra_op_threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads; 0 = its default.")
+    intra_op_spinning: bool = Field(
+        False, description="Let idle onnxruntime threads spin: a little lower latency, CPU burnt while idle."
+    )
     inference_workers: int = Field(1, ge=1, le=64, description="Threads running batches concurrently.")
     execution_providers: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
@@ -129,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-batch-size", type=int, help="[MAX_BATCH_SIZE] (32)")
     add("--max-batch-delay-ms", type=float, help="[MAX_BATCH_DELAY_MS] (5)")
     add("--intra-op-threads", type=int, help="[INTRA_OP_THREADS] (0 = onnxruntime default)")
+    add("--intra-op-spinning", choices=["true", "false"], help="[INTRA_OP_SPINNING] (false)")
     add("--inference-workers", type=int, help="[INFERENCE_WORKERS] (1)")
     add("--execution-providers", help='[EXECUTION_PROVIDERS] e.g. "cuda,cpu"')
     add("--termination-message-path", help="[TERMINATION_MESSAGE_PATH] (/dev/termination-log)")
