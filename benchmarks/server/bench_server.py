@@ -402,7 +402,7 @@ def contenders(
         "--intra-op-spinning",
         "true" if encoder else "false",
         "--max-batch-size",
-        str(max(limit.best_batch, 8 if encoder else 64)),
+        str(limit.best_batch if encoder else max(limit.best_batch, 64)),
         "--max-batch-delay-ms",
         "2",
         "--log-level",
