@@ -28,9 +28,9 @@ CATEGORIES = ["all", "modeldeploy"]
 # The longest child name is "<name>-canary"; Kubernetes names Services and labels with at most 63.
 MAX_NAME_LENGTH = 56
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-CLAIM_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+CLAIM_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
-DOTDOT_PATTERN = r"(^|/)\.\.(/|$)"
+DOTDOT_PATTERN = r"(^|/)[.][.](/|$)"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
     r"|(\.[0-9]+))))?$"
