@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=config.liveness_endpoint,
-        memo=kopf.Memo(controller=controller, elector=elector, config=config),
+        memo=kopf.Memo(controller=controller, elector=elector, config=config, stop_flag=stop_flag),
         stop_flag=stop_flag,
     )
     api.close()

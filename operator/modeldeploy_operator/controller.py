@@ -119,8 +119,10 @@ class Controller:
             try:
                 if not self.leading.is_set():
                     continue  # lost the lease: the process is about to exit, touch nothing
-                self.reconcile(key)
-                self.queue.forget(key)
+                if self.reconcile(key):
+                    self.queue.forget(key)
+                else:
+                    self.queue.retry(key)  # e.g. RBAC, quota or a webhook refused: look again, with backoff
             except KubeError as error:
                 delay = self.queue.retry(key)
                 log.warning("reconcile %s/%s failed, retrying in %.1fs: %s", *key, delay, error)
@@ -139,10 +141,11 @@ class Controller:
 
     # Reconcile (worker threads) --------------------------------------------------------------------------
 
-    def reconcile(self, key: Key) -> None:
+    def reconcile(self, key: Key) -> bool:
+        """Converge one resource; False when some child could not be applied (the status says why)."""
         entry = self.cache.resource(key)
         if entry is None or entry.body["metadata"].get("deletionTimestamp"):
-            return  # gone or going: garbage collection removes the children through ownerReferences
+            return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
         body = entry.body
         owner = builders.Owner.from_body(body)
@@ -154,7 +157,7 @@ class Controller:
             message = format_validation_error(error) if isinstance(error, ValidationError) else str(error)
             self._write_status(key, body, entry.status,
                                statuses.invalid_spec_status(entry.generation, message, entry.status, now))
-            return
+            return True  # nothing to retry until the spec changes
         istio = self.cache.istio()
         desired = builders.desired_children(owner, spec, self.config.serving, istio)
         observed = self.cache.children(key)
@@ -168,8 +171,9 @@ class Controller:
                 self.applies += 1
                 self.cache.observe_child(response)
             except KubeError as error:
-                if error.transient:
-                    raise
+                if error.status == 0:
+                    raise  # the API server is unreachable: nothing else will work either
+                # Refused or failing server-side (quota, webhook, full service IP range...): say so in status.
                 errors[f"{child_id[0]}/{child_id[1]}"] = error.message
                 log.error("applying %s %s/%s failed: %s", child_id[0], owner.namespace, child_id[1], error)
         wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
@@ -195,8 +199,7 @@ class Controller:
         )
         new_status = statuses.compute_status(observation, entry.status, now, self.config.serving)
         self._write_status(key, body, entry.status, new_status)
-        if errors:
-            self.queue.retry(key)  # e.g. RBAC or a webhook refused: look again later, with backoff
+        return not errors
 
     def _write_status(
         self, key: Key, body: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]

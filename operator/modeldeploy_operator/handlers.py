@@ -176,6 +176,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await asyncio.to_thread(memo.elector.stop)
     controller_of(memo).stop()
+    # kopf waits for a threading.Event stop flag in an executor thread; after a signal nobody sets
+    # it, and interpreter exit would wait for that thread forever.
+    memo.stop_flag.set()
 
 
 @kopf.on.probe(id="reconciler")
