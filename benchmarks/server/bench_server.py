@@ -469,6 +469,7 @@ def main() -> int:
             path = models.ensure(CACHE, name)
             encoder = name.startswith("encoder")
             seconds = 2.0 if args.quick else {"mlp": 5.0, "encoder4": 6.0}.get(name, 10.0)
+            load_before = os.getloadavg()[0]
             print(
                 f"\n== {name} ({path.stat().st_size / 1e6:.0f} MB), {rounds} interleaved round(s), best kept",
                 flush=True,
@@ -494,7 +495,11 @@ def main() -> int:
                         limits.append(measure_in_process(path, name, args.threads, batches, 0.3 if args.quick else 1.0))
                     for concurrency in levels:
                         for contender in lineup:
-                            run = run_wrk(wrk, contender.url, contender.body, concurrency, seconds, workdir)
+                            # long enough that requests cut off at the end barely bias the rate
+                            duration = min(
+                                30.0, max(seconds, (4 if args.quick else 12) * concurrency * limit.one_run_ms / 1000)
+                            )
+                            run = run_wrk(wrk, contender.url, contender.body, concurrency, duration, workdir)
                             measured[contender.label][concurrency].append(run)
                             print(
                                 f"    r{round_index + 1} {contender.label:<20} c={concurrency:<3} "
@@ -530,8 +535,12 @@ def main() -> int:
                 "in_process": asdict(limit),
                 **{label.split()[0].lower(): asdict(result) for label, result in results.items()},
                 "server_mean_batch_rows": mean_batch,
+                "load_average_before_after": [load_before, os.getloadavg()[0]],
             }
-            summary.append(f"{name}: (server mean batch {mean_batch:.2f} rows)")
+            summary.append(
+                f"{name}: (server mean batch {mean_batch:.2f} rows; load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after)"
+            )
             summary += verdicts(name, limit, results["modeldeploy_server"], results["tutorial FastAPI"], floor)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     print("\n== best of each, side by side")

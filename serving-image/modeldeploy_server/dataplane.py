@@ -7,7 +7,6 @@ the model - which tensors it takes, checking what came against that, batching - 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,7 +272,3 @@ class DataPlane:
 
 def _spec_metadata(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
-
-
-def element_count(shape: Sequence[int]) -> int:
-    return math.prod(shape)

@@ -470,6 +470,8 @@ class InferFastPath:
                 raise PayloadTooLargeError(too_large_message(declared, limit))
             message = await receive()
             body: bytes = message.get("body", b"")
+            if len(body) > limit:  # a chunked body may arrive whole in one message
+                raise PayloadTooLargeError(too_large_message(len(body), limit))
             if not message.get("more_body", False):
                 return body
             chunks = [body]

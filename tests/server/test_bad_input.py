@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -222,17 +223,19 @@ def test_body_over_the_limit_is_413(start_server: Any, model_dir: Any) -> None:
     assert response.status_code == 413
     assert "4096" in response.json()["error"]
 
-    def chunks() -> Any:  # no Content-Length: the limit applies while reading
+    def chunks(pause: float) -> Any:  # no Content-Length: the limit applies while reading
         payload = json.dumps(big).encode()
         for start in range(0, len(payload), 1000):
             yield payload[start : start + 1000]
+            time.sleep(pause)  # with a pause the server sees several body messages
 
-    chunked = server.client.post("/v2/models/mlp/infer", content=chunks())
-    assert chunked.status_code == 413
+    for pause in (0.0, 0.05):
+        chunked = server.client.post("/v2/models/mlp/infer", content=chunks(pause))
+        assert chunked.status_code == 413, pause
     small = {"inputs": [good_mlp_input()]}
     assert server.client.post("/v2/models/mlp/infer", json=small).status_code == 200
     metrics = server.client.get("/metrics").text
-    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large"} 2.0' in metrics
+    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large"} 3.0' in metrics
 
 
 def test_server_still_answers_after_bad_requests(mlp_server: Any) -> None:
