@@ -187,3 +187,16 @@ def test_terminated_server_message_reaches_ready(harness: Harness) -> None:
     ready = h.wait_condition("sentiment", "Ready", "False", "ServerTerminated")
     assert message in ready["message"]
     assert h.condition("sentiment", "StableReady")["reason"] == "ServerTerminated"
+
+
+def test_gpu_replicas_land_on_the_gpu_node(harness: Harness) -> None:
+    h = harness
+    h.start_operator()
+    h.bound_claim()
+    h.apply_manifest(manifest(name="vision", gpu=1, replicas={"min": 1}))
+    h.wait_condition("vision", "Ready", "True", timeout=90)
+    pods = h.get("pods", "-l", "app.kubernetes.io/instance=vision")["items"]
+    assert {p["spec"]["nodeName"] for p in pods} == {"kwok-gpu-0"}  # the only node with nvidia.com/gpu
+    container = pods[0]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"] == SERVER_IMAGE + "-gpu"
