@@ -170,7 +170,7 @@ class Demo:
             "--port", str(port),
         ]  # fmt: skip
         env = dict(os.environ, MODEL_ROOT=str(self.models_dir), TERMINATION_MESSAGE_PATH=str(self.state_dir / "term"))
-        print("$ " + " ".join(command[1:]))
+        print("$ python " + " ".join(command[1:]))
         server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -216,7 +216,7 @@ Stop everything:
 
 
 def main() -> int:
-    state_dir = Path(os.environ.get("MODELDEPLOY_DEMO_STATE_DIR", str(localcluster.DEFAULT_STATE_DIR))).resolve()
+    state_dir = localcluster.DEFAULT_STATE_DIR.resolve()
     demo = Demo(state_dir)
     demo.install_crds()
     requests = demo.write_models()

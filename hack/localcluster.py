@@ -41,7 +41,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
-DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
+# Where `up` keeps a detached cluster's files (and `down` finds them); the demo uses the same folder.
+DEFAULT_STATE_DIR = Path(os.environ.get("MODELDEPLOY_CLUSTER_DIR", str(REPO_ROOT / ".cluster")))
 SERVICE_CIDR = "10.0.0.0/24"
 STARTUP_TIMEOUT_S = 90.0
 
