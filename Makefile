@@ -49,6 +49,10 @@ cluster-up: venv binaries ## start a local control plane in the background; prin
 cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down
 
+bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores); SERVER_BENCH_ARGS=--quick for a smoke run of the server part
+	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
+	$(PY) benchmarks/operator/bench_operator.py
+
 demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
 	$(PY) hack/demo.py
 
