@@ -153,7 +153,11 @@ class Harness:
             found = self.condition(name, kind)
             ok = found.get("status") == status and (reason is None or found.get("reason") == reason)
             return found if ok else None
-        return self.eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}")
+        try:
+            return self.eventually(matches, timeout, f"{name} {kind}={status} {reason or ''}")
+        except AssertionError as error:
+            conditions = (self.md(name).get("status") or {}).get("conditions")
+            raise AssertionError(f"{error}\nconditions: {json.dumps(conditions, indent=1)}") from None
 
     def bound_claim(self, name: str = "models") -> None:
         """The user's claim, bound by the real PV binder to a volume made for it."""
@@ -180,6 +184,8 @@ class Harness:
 def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
     document["metadata"]["name"] = name
+    # Small requests: the session's fake nodes are shared by every test, and some pods linger a moment.
+    document["spec"]["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
     document["spec"].update(spec_overrides)
     return {k: v for k, v in document.items()}
 
