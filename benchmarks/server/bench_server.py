@@ -260,27 +260,52 @@ def profile_server(pid: int, wrk: str, url: str, body: Path, seconds: float, wor
     time.sleep(0.5)
     run_wrk(wrk, url, body, 32, seconds, workdir)
     recorder.wait(timeout=60)
-    inclusive: collections.Counter[str] = collections.Counter()
-    own: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in stacks.read_text().splitlines():
+    return summarize_stacks(stacks.read_text())
+
+
+MAIN_BUCKETS = [
+    ("decode request (orjson + numpy)", ("decode_request",)),
+    ("check tensors against the model", ("prepare_feeds",)),
+    ("encode response (orjson)", ("encode_response",)),
+    ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("batcher: queue, dispatch, futures", ("Batcher.infer", "Batcher._dispatch", "Batcher._finish")),
+    ("send response (uvicorn + socket write)", ("RequestResponseCycle.send",)),
+    ("infer handler, other", ("InferFastPath", "InferHandler", "DataPlane")),
+    ("HTTP parsing and protocol (uvicorn)", ("httptools_impl",)),
+]
+WORKER_BUCKETS = [
+    ("onnxruntime run", ("Session.run",)),
+    ("drift statistics", ("InputMonitor", "drift.py")),
+    ("hand results to the loop", ("_reply",)),
+    ("assemble and split batches (numpy)", ("_execute", "_split")),
+]
+
+
+def summarize_stacks(raw: str) -> list[str]:
+    """Share of samples per activity, for the event-loop thread and the inference worker."""
+    buckets: dict[str, collections.Counter[str]] = {
+        "event loop": collections.Counter(),
+        "worker": collections.Counter(),
+    }
+    for line in raw.splitlines():
         frames_text, _, count_text = line.rpartition(" ")
-        count = int(count_text)
-        frames = [
-            f.split(" (")[0] + " (" + f.split(" (")[1].split("/")[-1] if " (" in f else f
-            for f in frames_text.split(";")
-        ]
-        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
+        if not count_text.isdigit():
             continue
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    lines = [f"py-spy, {total} samples over all threads (idle event-loop waits included):", "  self time:"]
-    lines += [f"    {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(12)]
-    lines.append("  inclusive:")
-    lines += [f"    {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(25)]
+        count = int(count_text)
+        frames = frames_text.split(";")
+        worker = any("inference-" in f or "Batcher._worker" in f for f in frames)
+        if not worker and any("Thread._bootstrap" in f for f in frames):
+            continue  # executor threads (large bodies), not part of this load
+        table = WORKER_BUCKETS if worker else MAIN_BUCKETS
+        label = next((name for name, keys in table if any(k in f for f in frames for k in keys)), None)
+        if label is None:
+            label = "waiting for a batch" if worker else "event loop internals (uvloop, waiting)"
+        buckets["worker" if worker else "event loop"][label] += count
+    lines = ["py-spy samples of the server under wrk at c=32 (250 Hz):"]
+    for thread, counter in buckets.items():
+        total = sum(counter.values()) or 1
+        lines.append(f"  {thread} thread ({total} samples):")
+        lines += [f"    {100 * n / total:5.1f}%  {label}" for label, n in counter.most_common()]
     return lines
 
 

@@ -138,13 +138,32 @@ class InputMonitor:
         self._slices = np.zeros((_SLICES, bins), dtype=np.int64)
         self._slice = 0
         self._in_slice = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+        self._flush_at = min(8192, self._slice_size)
 
     def observe(self, values: np.ndarray) -> None:
-        flat = values.ravel()
-        if flat.dtype.kind not in "biuf" or flat.size == 0:
+        """Note values; they are folded in by the batch (a few thousand at a time), since the fixed
+        cost of the numpy calls would otherwise rival a small model's run."""
+        if values.dtype.kind not in "biuf" or values.size == 0:
             return
-        flat = flat.astype(np.float64, copy=False)
-        finite = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
+        with self._lock:
+            self._pending.append(values)
+            self._pending_size += values.size
+            if self._pending_size < self._flush_at:
+                return
+            pending, self._pending, self._pending_size = self._pending, [], 0
+        self._absorb(pending)
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._pending_size = self._pending, [], 0
+        if pending:
+            self._absorb(pending)
+
+    def _absorb(self, arrays: list[np.ndarray]) -> None:
+        flat = np.concatenate([array.ravel() for array in arrays]).astype(np.float64, copy=False)
+        finite = flat[np.isfinite(flat)]
         if finite.size == 0:
             return
         total = float(finite.sum())
@@ -168,6 +187,7 @@ class InputMonitor:
                     self._in_slice = 0
 
     def snapshot(self) -> InputStats:
+        self._flush()
         with self._lock:
             count = self._count
             mean = self._sum / count if count else 0.0
