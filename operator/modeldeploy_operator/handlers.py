@@ -156,8 +156,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = config.request_timeout_seconds
     settings.networking.connect_timeout = 10
-    # Bounded concurrency: kopf's per-object tasks, its thread pool, and our reconcile workers (config).
-    settings.queueing.worker_limit = 64
+    # Bounded concurrency lives in our reconcile worker threads (config.workers). kopf's per-object tasks
+    # only update the cache, and must stay unlimited: with a limit, the tasks of the first objects wait
+    # for the whole listing to be indexed while holding every slot, and the rest never get indexed.
     settings.execution.max_workers = 2
     # Big clusters: list in pages instead of one huge response.
     settings.watching.chunk_size = 500
