@@ -200,7 +200,7 @@ class RunningServer:
 
 
 def launch(
-    model: Path,
+    model: Path | None,
     workdir: Path,
     *args: str,
     env: dict[str, str] | None = None,
@@ -218,13 +218,15 @@ def launch(
         "LOG_LEVEL": "info",
         **(env or {}),
     }
-    command = [*prefix, sys.executable, "-m", "modeldeploy_server", "--model", str(model), "--host", "127.0.0.1"]
+    command = [*prefix, sys.executable, "-m", "modeldeploy_server", "--host", "127.0.0.1"]
+    if model is not None:  # None: the model comes from MODEL_PATH in env
+        command += ["--model", str(model)]
     command += ["--port", str(port), *args]
     if name:
         command += ["--name", name]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir)
-    return RunningServer(process, port, log_path, termination, name or model.stem)
+    return RunningServer(process, port, log_path, termination, name or (model.stem if model else ""))
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +245,7 @@ def start_server(tmp_path: Path) -> Iterator[object]:
     servers: list[RunningServer] = []
 
     def start(
-        model: Path,
+        model: Path | None,
         *args: str,
         env: dict[str, str] | None = None,
         wait: bool = True,

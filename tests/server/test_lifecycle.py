@@ -3,6 +3,7 @@ configuration from the environment; running on a read-only root filesystem."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import subprocess
@@ -35,8 +36,6 @@ def test_sha256_mismatch_exits_with_termination_message(start_server: Callable[.
 
 
 def test_sha256_match_loads_and_is_reported(mlp_server: Any, model_dir: Path) -> None:
-    import hashlib
-
     digest = hashlib.sha256((model_dir / "mlp.onnx").read_bytes()).hexdigest()
     assert mlp_server.client.get("/v2/models/mlp").json()["parameters"]["sha256"] == digest
 
@@ -74,17 +73,17 @@ def test_invalid_configuration_exits_2(start_server: Callable[..., Any], model_d
 
 def test_settings_come_from_the_environment(start_server: Callable[..., Any], model_dir: Path) -> None:
     server = start_server(
-        model_dir / "mlp.onnx",
+        None,
         env={
+            "MODEL_PATH": str(model_dir / "mlp.onnx"),
+            "MODEL_SHA256": "sha256:" + hashlib.sha256((model_dir / "mlp.onnx").read_bytes()).hexdigest().upper(),
             "MODEL_NAME": "renamed",
             "MAX_BATCH_SIZE": "4",
             "MODEL_ROOT": str(model_dir),
             "EXECUTION_PROVIDERS": "cuda,cpu",
             "INTRA_OP_THREADS": "1",
         },
-        name=None,
     )
-    server.model_name = "renamed"
     metadata = server.client.get("/v2/models/renamed").json()
     assert metadata["parameters"]["max_batch_size"] == 4
     # No GPU here: CUDA was asked for and the server says plainly that it runs on CPU.
