@@ -79,6 +79,24 @@ class WatchCache:
         self._claims: dict[tuple[str, str], str] = {}
         self._istio_crds: dict[str, str] = {}  # CRD kind -> preferred served version
         self._istio_known = False
+        self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
+
+    # Initial sync ----------------------------------------------------------------------------------------
+
+    def note_seen(self, body: Mapping[str, Any]) -> None:
+        uid = body.get("metadata", {}).get("uid")
+        with self._lock:
+            if self._seen is not None and uid:
+                self._seen.add(uid)
+
+    def unseen(self, uids: list[str]) -> list[str]:
+        with self._lock:
+            seen = self._seen or set()
+            return [uid for uid in uids if uid not in seen]
+
+    def stop_tracking(self) -> None:
+        with self._lock:
+            self._seen = None
 
     # ModelDeployments ------------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ idempotent and keyed by name, so being killed half-way and restarted simply conv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,10 +83,68 @@ class Controller:
 
     # Threads ---------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, istio: bool) -> None:
         for index in range(self.config.workers):
             self._spawn(f"reconcile-{index}", self._work)
         self._spawn("resync", self._resync)
+        self._spawn("initial-sync", lambda: self._initial_sync(istio))
+
+    def _initial_sync(self, istio: bool) -> None:
+        try:
+            self.wait_for_sync(istio)
+        except Exception:
+            log.exception("initial sync failed; starting with what the watches delivered so far")
+        finally:
+            self.cache.stop_tracking()
+            self.synced.set()
+
+    def _inventory_targets(self, istio: bool) -> list[tuple[kube.Kind, str | None]]:
+        managed = builders.MANAGED_SELECTOR
+        targets: list[tuple[kube.Kind, str | None]] = [
+            (kube.MODEL_DEPLOYMENT, None), (kube.CLAIM, None), (kube.POD, managed),
+            *((kind, managed) for kind in CHILD_KINDS.values()),
+        ]
+        if istio:
+            version = self.cache.istio()
+            api_version = version.api_version if version else "networking.istio.io/v1"
+            targets += [(kube.Kind(api_version, kind, plural), managed) for kind, plural in kube.ISTIO_PLURALS.items()]
+        return targets
+
+    def wait_for_sync(self, istio: bool, timeout: float = 180.0) -> None:
+        """Hold the workers until the cache has seen every object that existed at start-up.
+
+        The uids come from metadata-only lists; each one is either delivered by kopf's watches or was
+        deleted meanwhile (checked by name, as a deleted object may never show up in kopf's listing).
+        """
+        expected: dict[str, tuple[str, str, str]] = {}
+        namespaces: list[str | None] = list(self.config.namespaces) or [None]
+        for kind, selector in self._inventory_targets(istio):
+            for namespace in namespaces:
+                while not self._stopping.is_set():
+                    try:
+                        expected.update(self.kube.list_uids(kind.collection(namespace), selector))
+                        break
+                    except KubeError as error:
+                        log.warning("listing %s for the initial sync failed, retrying: %s", kind.plural, error)
+                        self._stopping.wait(1.0)
+        deadline = time.monotonic() + timeout
+        rounds = 0
+        while not self._stopping.is_set():
+            missing = self.cache.unseen(list(expected))
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                log.warning("initial sync: %d objects never arrived; starting anyway", len(missing))
+                break
+            rounds += 1
+            if rounds % 10 == 0:
+                for uid in missing[:100]:
+                    collection, namespace, name = expected[uid]
+                    with contextlib.suppress(KubeError):
+                        if not self.kube.exists(collection, namespace, name):
+                            expected.pop(uid)
+            self._stopping.wait(0.2)
+        log.info("initial sync done: %d objects in the cache", len(expected))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -96,7 +156,7 @@ class Controller:
         self.queue.shutdown()
 
     def healthy(self) -> dict[str, Any]:
-        dead = [t.name for t in self._threads if not t.is_alive()]
+        dead = [t.name for t in self._threads if not t.is_alive() and t.name != "initial-sync"]
         if dead and not self._stopping.is_set():
             raise RuntimeError(f"threads died: {', '.join(dead)}")
         return {"leading": self.leading.is_set(), "synced": self.synced.is_set(), "queued": len(self.queue),

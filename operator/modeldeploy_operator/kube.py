@@ -61,6 +61,9 @@ EVENT = Kind("v1", "Event", "events")
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
 KNOWN_KINDS = {k.kind: k for k in (DEPLOYMENT, HPA, SERVICE, PDB)}
+POD = Kind("v1", "Pod", "pods")
+CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 # Preference order when several Istio versions are served.
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 
@@ -136,8 +139,9 @@ class Kube:
         body: Any = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         try:
             method, url, headers, payload = self._api.param_serialize(
                 method=method, resource_path=path, query_params=list((query or {}).items()),
@@ -220,6 +224,31 @@ class Kube:
             "count": 1,
         }
         self.request("POST", EVENT.collection(meta["namespace"]), body)
+
+    # Start-up inventory: which objects exist, metadata only (small, paged) ------------------------------
+
+    def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]:
+        """uid -> (collection, namespace, name) of every object in a collection."""
+        found: dict[str, tuple[str, str, str]] = {}
+        query: dict[str, str] = {"limit": "500"}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        while True:
+            page = self.request("GET", collection, query=query, accept=METADATA_LIST)
+            for item in page.get("items") or []:
+                meta = item.get("metadata", {})
+                found[meta["uid"]] = (collection, meta.get("namespace", ""), meta["name"])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return found
+            query["continue"] = token
+
+    def exists(self, collection: str, namespace: str, name: str) -> bool:
+        """Whether a named object exists, with only `list` permission (a field-selected list)."""
+        selector = f"metadata.name={name}" + (f",metadata.namespace={namespace}" if namespace else "")
+        page = self.request("GET", collection, query={"fieldSelector": selector, "limit": "1"},
+                            accept=METADATA_LIST)
+        return bool(page.get("items"))
 
     # Discovery, once at start-up (the CRD watch keeps it current afterwards) -----------------------------
 

@@ -121,3 +121,12 @@ def test_config_from_env() -> None:
 def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config.from_env(env)
+
+
+def test_initial_sync_tracks_seen_uids_until_stopped() -> None:
+    cache = WatchCache()
+    cache.note_seen({"metadata": {"uid": "a"}})
+    assert cache.unseen(["a", "b"]) == ["b"]
+    cache.stop_tracking()
+    cache.note_seen({"metadata": {"uid": "b"}})  # no longer recorded: nothing grows after start-up
+    assert cache.unseen(["a", "b"]) == ["a", "b"]
