@@ -69,6 +69,7 @@ class LoadResult:
     p99_ms: float
     requests: int
     failures: int
+    cpu_ms_per_request: float = 0.0  # the serving process's CPU time (all threads) per request
 
 
 @dataclass
@@ -90,6 +91,7 @@ class InProcess:
     best_batch: int
     best_rows_per_s: float
     by_batch: dict[int, float]
+    cpu_ms_one_run: float = 0.0  # process CPU (all threads) of one batch-1 run
 
 
 # --- tools -----------------------------------------------------------------------------------------
@@ -144,7 +146,20 @@ def running(command: list[str], env: dict[str, str], health_url: str, log: Path)
             process.wait()
 
 
-def run_wrk(wrk: str, url: str, body: Path, concurrency: int, seconds: float, workdir: Path) -> LoadResult:
+def process_cpu_seconds(pid: int | None) -> float:
+    """user + system CPU of a process and its threads (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    wrk: str, url: str, body: Path, concurrency: int, seconds: float, workdir: Path, pid: int | None = None
+) -> LoadResult:
     script = workdir / f"post-{body.stem}.lua"
     script.write_text(LUA.format(body=body))
     command = [
@@ -158,7 +173,9 @@ def run_wrk(wrk: str, url: str, body: Path, concurrency: int, seconds: float, wo
         str(script),
         url,
     ]
+    cpu_before = process_cpu_seconds(pid)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = process_cpu_seconds(pid) - cpu_before
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     data = json.loads(line.removeprefix("RESULT "))
     return LoadResult(
@@ -168,6 +185,7 @@ def run_wrk(wrk: str, url: str, body: Path, concurrency: int, seconds: float, wo
         p99_ms=data["p99_us"] / 1000,
         requests=data["requests"],
         failures=data["errors"] + data["non2xx"],
+        cpu_ms_per_request=1000 * cpu / max(1, data["requests"]),
     )
 
 
@@ -176,7 +194,7 @@ def run_wrk(wrk: str, url: str, body: Path, concurrency: int, seconds: float, wo
 
 def measure_in_process(path: Path, name: str, threads: int, batches: list[int], budget_s: float) -> InProcess:
     """Best of spinning and non-spinning thread pools; per batch size, the median of repeated runs."""
-    best_single = float("inf")
+    best_single = cpu_single = float("inf")
     by_batch: dict[int, float] = {}
     for spinning in ("1", "0"):
         options = ort.SessionOptions()
@@ -189,16 +207,19 @@ def measure_in_process(path: Path, name: str, threads: int, batches: list[int], 
             session.run(None, {input_name: array})
             times = []
             deadline = time.perf_counter() + budget_s
+            cpu_started = time.process_time()
             while time.perf_counter() < deadline or len(times) < 5:
                 started = time.perf_counter()
                 session.run(None, {input_name: array})
                 times.append(time.perf_counter() - started)
+            cpu_per_run = (time.process_time() - cpu_started) / len(times)
             median = statistics.median(times)
             by_batch[batch] = max(by_batch.get(batch, 0.0), batch / median)
             if batch == 1:
                 best_single = min(best_single, median)
+                cpu_single = min(cpu_single, cpu_per_run)
     best = max(by_batch, key=lambda b: by_batch[b])
-    return InProcess(best_single * 1000, best, by_batch[best], by_batch)
+    return InProcess(best_single * 1000, best, by_batch[best], by_batch, cpu_single * 1000)
 
 
 def request_bodies(name: str, workdir: Path) -> tuple[Path, Path]:
@@ -214,22 +235,6 @@ def request_bodies(name: str, workdir: Path) -> tuple[Path, Path]:
     oip_path.write_text(json.dumps(oip))
     tutorial_path.write_text(json.dumps(tutorial))
     return oip_path, tutorial_path
-
-
-def load_series(
-    wrk: str, url: str, body: Path, levels: list[int], seconds: float, warm_s: float, workdir: Path, label: str
-) -> ContenderResult:
-    result = ContenderResult(label)
-    run_wrk(wrk, url, body, 8, warm_s, workdir)
-    for concurrency in levels:
-        run = run_wrk(wrk, url, body, concurrency, seconds, workdir)
-        result.runs.append(run)
-        print(
-            f"    {label:<22} c={concurrency:<3} {run.requests_per_s:9.1f} req/s  p50 {run.p50_ms:8.2f} ms  "
-            f"p99 {run.p99_ms:8.2f} ms  failures {run.failures}",
-            flush=True,
-        )
-    return result
 
 
 def profile_server(pid: int, wrk: str, url: str, body: Path, seconds: float, workdir: Path) -> list[str]:
@@ -526,12 +531,21 @@ def main() -> int:
                             duration = min(
                                 30.0, max(seconds, (4 if args.quick else 12) * concurrency * limit.one_run_ms / 1000)
                             )
-                            run = run_wrk(wrk, contender.url, contender.body, concurrency, duration, workdir)
+                            run = run_wrk(
+                                wrk,
+                                contender.url,
+                                contender.body,
+                                concurrency,
+                                duration,
+                                workdir,
+                                pid=processes[contender.label].pid,
+                            )
                             measured[contender.label][concurrency].append(run)
                             print(
                                 f"    r{round_index + 1} {contender.label:<20} c={concurrency:<3} "
                                 f"{run.requests_per_s:9.1f} req/s  p50 {run.p50_ms:8.2f} ms  "
-                                f"p99 {run.p99_ms:8.2f} ms  failures {run.failures}",
+                                f"p99 {run.p99_ms:8.2f} ms  cpu {run.cpu_ms_per_request:7.3f} ms/req  "
+                                f"failures {run.failures}",
                                 flush=True,
                             )
                 server_url = next(c for c in lineup if c.label == "modeldeploy_server").health
@@ -546,10 +560,11 @@ def main() -> int:
                 best_batch=max(limits, key=lambda item: item.best_rows_per_s).best_batch,
                 best_rows_per_s=max(item.best_rows_per_s for item in limits),
                 by_batch={b: max(item.by_batch[b] for item in limits) for b in batches},
+                cpu_ms_one_run=min(item.cpu_ms_one_run for item in limits),
             )
             print(
-                f"    in-process: one run {limit.one_run_ms:.3f} ms; rows/s by batch "
-                + ", ".join(f"{b}: {v:.0f}" for b, v in limit.by_batch.items()),
+                f"    in-process: one run {limit.one_run_ms:.3f} ms ({limit.cpu_ms_one_run:.3f} ms CPU); "
+                "rows/s by batch " + ", ".join(f"{b}: {v:.0f}" for b, v in limit.by_batch.items()),
                 flush=True,
             )
             results = {
@@ -570,13 +585,14 @@ def main() -> int:
             )
             summary += verdicts(name, limit, results["modeldeploy_server"], results["tutorial FastAPI"], floor)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
-    print("\n== best of each, side by side")
+    print("\n== best of each, side by side (req/s, latency ms, serving-process CPU ms per request)")
     for name, data in report["models"].items():
         print(f"{name}:")
         for key in ("asgi", "modeldeploy_server", "tutorial"):
             if key in data:
                 cells = "  ".join(
-                    f"c={r['concurrency']}: {r['requests_per_s']:.1f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
+                    f"c={r['concurrency']}: {r['requests_per_s']:.1f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} "
+                    f"cpu {r['cpu_ms_per_request']:.3f}"
                     for r in data[key]["runs"]
                 )
                 print(f"  {key:<20} {cells}")
