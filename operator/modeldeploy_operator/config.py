@@ -43,6 +43,7 @@ class OperatorConfig:
     retry_period_seconds: float = 2.0
     request_timeout_seconds: float = 30.0
     watch_server_timeout_seconds: int = 270
+    watch_streaming: str = "auto"  # on, off, or auto (on from Kubernetes 1.34)
     log_level: str = "INFO"
 
 
@@ -106,4 +107,11 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorConfig:
         retry_period_seconds=number("RETRY_PERIOD_SECONDS", 2, 0.1),
         request_timeout_seconds=number("REQUEST_TIMEOUT_SECONDS", 30, 1),
         log_level=get("LOG_LEVEL", "INFO").upper(),
+        watch_streaming=_choice("WATCH_STREAMING", get("WATCH_STREAMING", "auto"), ("auto", "on", "off")),
     )
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value.lower() not in allowed:
+        raise ValueError(f"MODELDEPLOY_{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value.lower()

@@ -266,6 +266,12 @@ class Kube:
                 return version
         return None
 
+    def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the API server, e.g. (1, 35)."""
+        info = self.request("GET", "/version")
+        minor = "".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or "0"
+        return int(info.get("major", "1") or 1), int(minor)
+
     # Leases, for leader election ------------------------------------------------------------------------
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
