@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -104,7 +105,7 @@ def serve(settings: Settings) -> int:
         access_log=settings.access_log,
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) or None,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
     server = GracefulServer(config, app.state.dataplane.begin_shutdown, settings.shutdown_drain_seconds)
     lifecycle.request_exit = server.request_exit

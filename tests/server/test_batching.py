@@ -55,10 +55,19 @@ def output_of(response: httpx.Response) -> np.ndarray:
     return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
-@pytest.fixture
-def slow_server(start_server: Callable[..., Any], model_dir: Path) -> Any:
+@pytest.fixture(params=["1", "2"], ids=["one-worker", "two-workers"])
+def slow_server(start_server: Callable[..., Any], model_dir: Path, request: pytest.FixtureRequest) -> Any:
+    """With two workers an idle one waits up to the batch delay while the other runs."""
     return start_server(
-        model_dir / "slow.onnx", "--max-batch-size", "256", "--intra-op-threads", "1", "--max-batch-delay-ms", "2"
+        model_dir / "slow.onnx",
+        "--max-batch-size",
+        "256",
+        "--intra-op-threads",
+        "1",
+        "--max-batch-delay-ms",
+        "2",
+        "--inference-workers",
+        request.param,
     )
 
 
