@@ -136,7 +136,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Bounded concurrency lives in our reconcile worker threads (config.workers); kopf's per-object tasks
     # only update the cache, and let go of their object's body soon after.
     settings.execution.max_workers = 2
-    settings.queueing.idle_timeout = 1.0
+    settings.queueing.idle_timeout = 0.2
     # Big clusters: list in pages instead of one huge response.
     settings.watching.chunk_size = 500
     # Our own Events say what changed; kopf's per-handler log Events would only add noise and API calls.
