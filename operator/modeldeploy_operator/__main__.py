@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf").setLevel(logging.WARNING)
 
     identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    api = Kube.connect(pool_size=config.workers + 4, timeout=config.request_timeout_seconds)
+    try:
+        api = Kube.connect(pool_size=config.workers + 4, timeout=config.request_timeout_seconds)
+    except Exception as error:  # no in-cluster service account and no usable kubeconfig
+        print(f"modeldeploy-operator: no Kubernetes credentials: {error}", file=sys.stderr)
+        return 2
     controller = Controller(api, config, identity)
     stop_flag = threading.Event()
     lost = threading.Event()
