@@ -205,7 +205,7 @@ def measure_in_process(path: Path, name: str, threads: int, batches: list[int], 
         for batch in batches:
             input_name, array = models.sample_input(name, batch)
             session.run(None, {input_name: array})
-            times = []
+            times: list[float] = []
             deadline = time.perf_counter() + budget_s
             cpu_started = time.process_time()
             while time.perf_counter() < deadline or len(times) < 5:
@@ -339,9 +339,7 @@ def verdicts(
             line(
                 ratio8 <= 1.15,
                 f"p99 at c=8 {c8.p99_ms:.1f} ms = {ratio8:.3f} x (8 x one run = {8 * one:.1f} ms) "
-                f"(target <= 1.15; tutorial: {tutorial.at(8).p99_ms / (8 * one):.2f} x)"
-                if tutorial.at(8)
-                else "",
+                + (f" (target <= 1.15; tutorial: {t8.p99_ms / (8 * one):.2f} x)" if (t8 := tutorial.at(8)) else ""),
             )
         if c1:
             ratio1 = c1.p50_ms / one

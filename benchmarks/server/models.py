@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -70,7 +71,7 @@ class _Graph:
     def weight(self, hint: str, shape: tuple[int, ...], scale: float = 0.02) -> str:
         return self.const(hint, (self.rng.standard_normal(shape) * scale).astype(np.float32))
 
-    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         out = self.name(hint)
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out

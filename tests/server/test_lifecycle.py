@@ -21,7 +21,7 @@ MLP_BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "
 
 def expect_load_failure(server: Any, *fragments: str, code: int = 1) -> str:
     assert server.wait_exit(timeout=60) == code, server.log()
-    message = server.termination_path.read_text()
+    message: str = server.termination_path.read_text()
     for fragment in fragments:
         assert fragment in message, (fragment, message)
         assert fragment in server.log(), (fragment, server.log())

@@ -19,7 +19,7 @@ def parse(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def value(families: dict[str, Any], family: str, sample: str, default: float | None = None, **labels: str) -> float:
+def value(families: dict[str, Any], family: str, sample: str, *, default: float | None = None, **labels: str) -> float:
     for item in families[family].samples:
         if item.name == sample and all(item.labels.get(k) == v for k, v in labels.items()):
             return float(item.value)
@@ -37,7 +37,9 @@ def body(array: np.ndarray) -> dict[str, Any]:
 def test_exposition_covers_requests_latency_batches_queue_load_and_info(mlp_server: Any) -> None:
     client = mlp_server.client
     before = parse(client.get("/metrics").text)
-    ok_before = value(before, "modeldeploy_requests", "modeldeploy_requests_total", 0.0, model="mlp", outcome="ok")
+    ok_before = value(
+        before, "modeldeploy_requests", "modeldeploy_requests_total", default=0.0, model="mlp", outcome="ok"
+    )
     for _ in range(3):
         assert client.post("/v2/models/mlp/infer", json=body(np.zeros((2, 64), np.float32))).status_code == 200
     for _ in range(2):
@@ -115,16 +117,28 @@ def test_input_statistics_and_drift_score(start_server: Callable[..., Any], mode
     assert shifted > 1.0
 
     everything = np.concatenate(sent).astype(np.float64)
-    labels = {"model": "mlp", "input": "input"}
-    assert value(families, "modeldeploy_input_values", "modeldeploy_input_values", **labels) == everything.size
-    np.testing.assert_allclose(
-        value(families, "modeldeploy_input_mean", "modeldeploy_input_mean", **labels), everything.mean(), rtol=1e-9
+    assert (
+        value(families, "modeldeploy_input_values", "modeldeploy_input_values", model="mlp", input="input")
+        == everything.size
     )
     np.testing.assert_allclose(
-        value(families, "modeldeploy_input_std", "modeldeploy_input_std", **labels), everything.std(), rtol=1e-6
+        value(families, "modeldeploy_input_mean", "modeldeploy_input_mean", model="mlp", input="input"),
+        everything.mean(),
+        rtol=1e-9,
     )
-    assert value(families, "modeldeploy_input_min", "modeldeploy_input_min", **labels) == everything.min()
-    assert value(families, "modeldeploy_input_max", "modeldeploy_input_max", **labels) == everything.max()
+    np.testing.assert_allclose(
+        value(families, "modeldeploy_input_std", "modeldeploy_input_std", model="mlp", input="input"),
+        everything.std(),
+        rtol=1e-6,
+    )
+    assert (
+        value(families, "modeldeploy_input_min", "modeldeploy_input_min", model="mlp", input="input")
+        == everything.min()
+    )
+    assert (
+        value(families, "modeldeploy_input_max", "modeldeploy_input_max", model="mlp", input="input")
+        == everything.max()
+    )
 
 
 def test_no_profile_means_statistics_without_a_drift_score(mlp_server: Any) -> None:
