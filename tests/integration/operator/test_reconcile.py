@@ -41,7 +41,7 @@ def table_row(h: Harness, name: str) -> dict[str, str]:
     return {header[s:e].strip(): row[s:e].strip() for s, e in zip(starts, bounds, strict=True)}
 
 
-def test_apply_get_patch_and_remove_canary(harness: Harness) -> None:
+def test_apply_get_patch_and_remove_canary(harness: Harness, istio: None) -> None:
     h = harness
     operator = h.start_operator("--all-namespaces")
     h.bound_claim()
@@ -122,7 +122,7 @@ def test_apply_get_patch_and_remove_canary(harness: Harness) -> None:
     h.eventually(lambda: children(h, "sentiment") == set(), 60, "children garbage-collected")
 
 
-def test_hand_edits_and_deletions_are_corrected(harness: Harness) -> None:
+def test_hand_edits_and_deletions_are_corrected(harness: Harness, istio: None) -> None:
     h = harness
     h.start_operator()
     h.bound_claim()
