@@ -174,55 +174,12 @@ def render() -> str:
     return HEADER + body
 
 
-def _type_name(node: dict[str, Any]) -> str:
-    if node.get("x-kubernetes-int-or-string"):
-        return "quantity"
-    kind = str(node.get("type", "object"))
-    if kind == "array":
-        return f"[]{_type_name(node.get('items', {}))}"
-    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
-        return f"map[string]{_type_name(node['additionalProperties'])}"
-    if "enum" in node:
-        return " \\| ".join(str(v) for v in node["enum"])
-    return kind
-
-
-def _rules_text(node: dict[str, Any]) -> str:
-    messages = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
-    return "; ".join(messages) + "." if messages else ""
-
-
-def reference_markdown() -> str:
-    """The field reference for the README: one table row per spec field, from the model's descriptions."""
-    schema = _root_schema()["properties"]["spec"]
-    rows = ["| Field | Type | Description |", "|---|---|---|"]
-
-    def visit(node: dict[str, Any], path: str) -> None:
-        required = set(node.get("required", []))
-        for name, child in (node.get("properties") or {}).items():
-            field_path = f"{path}.{name}"
-            text = str(child.get("description", "")).replace("|", "\\|").replace("\n", " ")
-            rules = _rules_text(child)
-            if rules:
-                text += f" Rules: {rules}"
-            marker = " (required)" if name in required else ""
-            rows.append(f"| `{field_path}`{marker} | {_type_name(child)} | {text} |")
-            target = child.get("items", child) if child.get("type") == "array" else child
-            if target.get("properties") and name != "affinity":
-                visit(target, field_path + ("[]" if child.get("type") == "array" else ""))
-
-    visit(schema, "spec")
-    return "\n".join(rows) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print or write the ModelDeployment CRD.")
     parser.add_argument("--write", action="store_true", help=f"write {CRD_PATH} instead of printing")
     parser.add_argument("--output", type=Path, help="write to this file instead of printing")
-    parser.add_argument("--reference", action="store_true",
-                        help="print the spec field reference as a Markdown table (for the README)")
     args = parser.parse_args(argv)
-    text = reference_markdown() if args.reference else render()
+    text = render()
     target = CRD_PATH if args.write else args.output
     if target is None:
         sys.stdout.write(text)

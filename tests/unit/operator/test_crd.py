@@ -86,12 +86,3 @@ def test_cel_rules_carry_messages_and_field_paths() -> None:
 def test_main_prints_the_crd(capsys: Any) -> None:
     assert crd.main([]) == 0
     assert capsys.readouterr().out == crd.render()
-
-
-def test_reference_lists_every_field_with_its_description(capsys: Any) -> None:
-    text = crd.reference_markdown()
-    assert "| `spec.canary.trafficPercent` | integer | Share of requests (0-100)" in text
-    assert "| `spec.model.pvc` (required) | string |" in text
-    assert "Rules: must be between 0 and 100." in text
-    assert crd.main(["--reference"]) == 0
-    assert capsys.readouterr().out == text
