@@ -43,7 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-binaries.sh"
 # Where `up` keeps a detached cluster's files (and `down` finds them); the demo uses the same folder.
 DEFAULT_STATE_DIR = Path(os.environ.get("MODELDEPLOY_CLUSTER_DIR", str(REPO_ROOT / ".cluster")))
-SERVICE_CIDR = "10.0.0.0/24"
+# Room for 65k Services: benchmarks create a Service per ModelDeployment, thousands of them.
+SERVICE_CIDR = "10.96.0.0/16"
 STARTUP_TIMEOUT_S = 90.0
 
 GPU_NODE = "kwok-gpu-0"

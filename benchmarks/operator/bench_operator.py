@@ -181,8 +181,6 @@ def cluster_for(kubeconfig: str | None) -> Iterator[tuple[localcluster.Cluster, 
     if kubeconfig:
         yield localcluster.Cluster(Path(kubeconfig), localcluster.ensure_binaries(), Path(tempfile.mkdtemp())), False
         return
-    # A thousand resources need a thousand Service IPs: the local control plane's default /24 holds 254.
-    localcluster.SERVICE_CIDR = "10.0.0.0/16"
     with localcluster.local_cluster() as cluster:
         yield cluster, True
 
