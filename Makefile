@@ -27,6 +27,9 @@ binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/
 lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy hack tests/conftest.py tests/unit examples benchmarks
+	$(BIN)/mypy tests/integration  # each folder with a conftest.py is its own mypy run
+	$(BIN)/mypy tests/server
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
 generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard

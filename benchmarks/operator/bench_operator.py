@@ -1,3 +1,5 @@
+# mypy: disable-error-code="no-untyped-call,misc,index"
+# (the kubernetes client is untyped; its watch stream and the polling lambdas carry no types)
 """Operator latency and memory with 1, 100 and 1000 ModelDeployments in the cluster.
 
 Measures, against a real control plane with the operator running as its own process:
@@ -134,8 +136,8 @@ class Observer:
         with self.lock:
             for key in [k for k in self.first_seen if k[1].startswith(name)]:
                 self.first_seen.pop(key, None)
-            for key in [k for k in self.weights_seen if k[0] == name]:
-                self.weights_seen.pop(key, None)
+            for weight_key in [k for k in self.weights_seen if k[0] == name]:
+                self.weights_seen.pop(weight_key, None)
 
     def children_time(self, name: str) -> float | None:
         wanted = [("Deployment", f"{name}-stable"), ("Deployment", f"{name}-canary"),

@@ -124,7 +124,7 @@ class Harness:
     def logs(self) -> str:
         return "\n".join(f"--- {op.log_path.name} ---\n{op.log()[-6000:]}" for op in self.operators)
 
-    def eventually(self, check: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+    def eventually(self, check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
         """Poll `check` until it returns a truthy value (exceptions count as not yet) or time runs out."""
         deadline = time.monotonic() + timeout
         last: object = None

@@ -19,7 +19,8 @@ def test_reference_matches_the_generated_crd() -> None:
 def test_every_make_target_the_readme_names_exists() -> None:
     makefile = (REPO / "Makefile").read_text()
     targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, flags=re.MULTILINE))
-    named = set(re.findall(r"`make ([a-z0-9-]+)", README)) | set(re.findall(r"^make ([a-z0-9-]+)", README, re.MULTILINE))
+    inline = re.findall(r"`make ([a-z0-9-]+)", README)
+    named = set(inline) | set(re.findall(r"^make ([a-z0-9-]+)", README, re.MULTILINE))
     assert {"test", "demo"} <= named
     assert named <= targets, f"README names make targets that do not exist: {named - targets}"
 
