@@ -53,6 +53,7 @@ cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down
 
 bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores); SERVER_BENCH_ARGS=--quick for a smoke run of the server part
+	$(PY) benchmarks/control_plane/bench_cluster.py
 	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
 	$(PY) benchmarks/operator/bench_operator.py
 
