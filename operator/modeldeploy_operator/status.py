@@ -304,6 +304,11 @@ def invalid_spec_status(
             "conditions": [_stamp(cond, generation, prior, now), *kept]}
 
 
+# Reasons that are a normal step on the way to Ready (a rollout, pods starting): Events for them are
+# Normal, so that `kubectl get events --field-selector type=Warning` lists only what needs a person.
+PROGRESS_REASONS = frozenset({"RollingOut", "RolloutPending", "ReplicasNotReady"})
+
+
 @dataclass(frozen=True)
 class EventNote:
     """A Kubernetes Event to post for a condition that changed."""
@@ -323,7 +328,7 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
             continue
         if old is None and cond["status"] == "True" and cond["type"] != READY:
             continue  # the first status of a healthy part is not news
-        kind = "Normal" if cond["status"] == "True" else "Warning"
+        kind = "Normal" if cond["status"] == "True" or cond["reason"] in PROGRESS_REASONS else "Warning"
         notes.append(EventNote(kind, cond["reason"], f"{cond['type']} is {cond['status']}: {cond['message']}"))
     return notes
 

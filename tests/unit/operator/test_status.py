@@ -203,6 +203,15 @@ def test_events_for_transitions_only() -> None:
     assert st.transitions(fixed, fixed) == []
 
 
+def test_a_rollout_in_progress_is_a_normal_event_and_a_crash_a_warning() -> None:
+    def status(reason: str) -> dict[str, object]:
+        return {"conditions": [{"type": "StableReady", "status": "False", "reason": reason, "message": "m"}]}
+
+    assert [n.type for n in st.transitions(None, status("RollingOut"))] == ["Normal"]
+    assert [n.type for n in st.transitions(status("RollingOut"), status("ReplicasNotReady"))] == ["Normal"]
+    assert [n.type for n in st.transitions(status("RollingOut"), status("CrashLoopBackOff"))] == ["Warning"]
+
+
 def test_invalid_spec_status_keeps_other_conditions() -> None:
     before = st.compute_status(observe(spec_with()), None, EARLIER, CONFIG)
     status = st.invalid_spec_status(4, "spec.model.path: must not contain '..' segments", before, NOW)
