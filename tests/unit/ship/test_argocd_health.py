@@ -8,6 +8,7 @@ Argo CD executes the script with gopher-lua (Lua 5.1 semantics): the resource is
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +18,12 @@ import yaml
 
 from modeldeploy_operator import status as operator_status
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from argo_lua import SCRIPT, run_health_check
+
 REPO = Path(__file__).resolve().parents[3]
-SCRIPT = REPO / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
 FIXTURES = Path(__file__).resolve().parent / "health-fixtures"
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
-
-
-def as_argo_values(value: Any) -> Any:
-    """Numbers as gopher-lua sees them (float64), everything else unchanged."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, dict):
-        return {key: as_argo_values(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [as_argo_values(item) for item in value]
-    return value
-
-
-def run_health_check(resource: dict[str, Any]) -> dict[str, Any]:
-    """Run the script on `resource` in a fresh Lua 5.1 state; return the result as a dict."""
-    lua = lupa.lua51.LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = lua.table_from(as_argo_values(resource), recursive=True)
-    result = lua.execute(SCRIPT.read_text())
-    assert lupa.lua51.lua_type(result) == "table", "the script must return a table"
-    return {str(key): value for key, value in result.items()}
 
 
 def load_fixture(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

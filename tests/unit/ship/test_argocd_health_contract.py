@@ -7,37 +7,25 @@ the resulting ModelDeployment in Lua 5.1.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-import lupa.lua51
 import pytest
 
 from modeldeploy_operator import builders, spec, status
 from modeldeploy_operator.config import ServingConfig
 
-SCRIPT = Path(__file__).resolve().parents[3] / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from argo_lua import run_health_check
+
 NOW = "2026-01-01T00:00:00Z"
 STABLE_MODEL = {"pvc": "models", "path": "sentiment/v1/model.onnx"}
 CANARY_MODEL = {"pvc": "models", "path": "sentiment/v2/model.onnx"}
 
 
-def as_argo_values(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, dict):
-        return {key: as_argo_values(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [as_argo_values(item) for item in value]
-    return value
-
-
 def argo_health(resource: dict[str, Any]) -> tuple[str, str]:
-    lua = lupa.lua51.LuaRuntime()
-    lua.globals().obj = lua.table_from(as_argo_values(resource), recursive=True)
-    result = lua.execute(SCRIPT.read_text())
+    result = run_health_check(resource)
     return str(result["status"]), str(result["message"])
 
 
