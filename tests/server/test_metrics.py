@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,15 @@ def test_input_statistics_and_drift_score(start_server: Callable[..., Any], mode
     def send(batch: np.ndarray) -> dict[str, Any]:
         sent.append(batch)
         assert server.client.post("/v2/models/mlp/infer", json=body(batch)).status_code == 200
-        return parse(server.client.get("/metrics").text)
+        # The worker notes a batch's inputs just after it answers, so the scrape may briefly lag the response.
+        expected = sum(b.size for b in sent)
+        deadline = time.monotonic() + 10
+        while True:
+            families = parse(server.client.get("/metrics").text)
+            seen = value(families, "modeldeploy_input_values", "modeldeploy_input_values", model="mlp", input="input")
+            if seen == expected or time.monotonic() > deadline:
+                return families
+            time.sleep(0.01)
 
     for _ in range(12):
         families = send(rng.standard_normal((8, 64)).astype(np.float32))
