@@ -8,7 +8,6 @@ script, and the tiny-model script writes a model that answers its own sample req
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -24,6 +23,10 @@ import pytest
 import yaml
 
 from modeldeploy_operator import plugin
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_patch import apply_merge_patch
+
 from modeldeploy_operator.spec import ModelDeployment, check_name
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,19 +38,6 @@ HEALTH_KEY = "resource.customizations.health.modeldeploy.dev_ModelDeployment"
 def load(name: str) -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load((EXAMPLES / name).read_text())
     return document
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 @pytest.mark.parametrize("name", MODEL_DEPLOYMENTS)

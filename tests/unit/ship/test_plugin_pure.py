@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shlex
 import socket
@@ -16,20 +15,10 @@ import pytest
 
 from modeldeploy_operator import plugin
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from merge_patch import apply_merge_patch
+
 NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, to check what a patch does to the stored object."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 def resource_with_canary() -> dict[str, Any]:
