@@ -25,10 +25,12 @@ from localkube.pki import CertificateAuthority, write_kubeconfig
 from localkube.processes import pid_alive, spawn, stop_processes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SOCKET_ROOT = Path("/run/modeldeploy")
 CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
 NODE_LABEL = "modeldeploy.dev/real-node"
 MNT_DETACH = 2
 STARTUP_TIMEOUT_S = 120.0
+CONTAINERD_TMPFS_SIZE = "8g"  # a ceiling, not a reservation: tmpfs takes memory only for what is written
 # The host commands a real node needs (Debian packages: containerd, runc, containernetworking-plugins,
 # iptables, conntrack; util-linux for nsenter, iproute2 for ip).
 REQUIRED_COMMANDS = ("containerd", "ctr", "runc", "iptables", "conntrack", "nsenter", "ip")
@@ -85,8 +87,13 @@ class RealNode:
         return f"modeldeploy-{self.network.netns}-{self.name}"
 
     @property
+    def socket_dir(self) -> Path:
+        """Sockets live under /run: a unix socket path must stay under 104 bytes, a test's tmp path may not."""
+        return SOCKET_ROOT / self.cgroup_name
+
+    @property
     def containerd_socket(self) -> Path:
-        return self.workdir / "containerd" / "containerd.sock"
+        return self.socket_dir / "containerd.sock"
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -133,7 +140,14 @@ class RealNode:
 
     def _start_containerd(self) -> None:
         root = self.workdir / "containerd"
-        root.mkdir(exist_ok=True)
+        (root / "root").mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        # Images and container layers in memory: importing the serving image onto disk costs a minute here
+        # (containerd syncs every file), into tmpfs about ten seconds. Stop unmounts it with the rest.
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={CONTAINERD_TMPFS_SIZE},mode=0711",
+                                  "containerd-root", str(root / "root")], capture_output=True, text=True, check=False)
+        if mounted.returncode != 0:
+            raise ClusterError(f"mounting a tmpfs for containerd's root failed: {mounted.stderr.strip()}")
         cni_bin = next(path for path in CNI_BIN_DIRS if (path / "bridge").exists())
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""version = 2
@@ -144,7 +158,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [grpc]
   address = "{self.containerd_socket}"
 [ttrpc]
-  address = "{root / 'containerd.sock.ttrpc'}"
+  address = "{self.socket_dir / 'containerd.sock.ttrpc'}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root / 'opt'}"
 [{cri}]
@@ -396,6 +410,7 @@ def stop_node(workdir: Path, pids: dict[str, int], cgroup_name: str, socket: Pat
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _kill_cgroup_tree(cgroup_name)
+    shutil.rmtree(socket.parent, ignore_errors=True)
     left = unmount_all(workdir)
     if left:
         raise ClusterError(f"could not unmount {left[:5]}; not removing {workdir}")
@@ -406,4 +421,5 @@ def node_leftovers(workdir: Path, cgroup_name: str, socket: Path) -> list[str]:
     found = [f"mount {point}" for point in _mounts_under(workdir)] if workdir.exists() else []
     found += [f"cgroup {h / cgroup_name}" for h in CGROUP_ROOT.iterdir() if (h / cgroup_name).exists()]
     found += [f"shim pid {pid}" for pid in _shim_pids(socket)]
+    found += [f"socket folder {socket.parent}"] if socket.parent.exists() else []
     return found

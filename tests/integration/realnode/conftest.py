@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "operator"))
 
 from operator_harness import Harness, bind_operator_rules, install_crd, refused_by_rbac
+from realpods import Serving
 
 import localcluster
 
@@ -25,19 +25,6 @@ Cluster = localcluster.Cluster
 @pytest.fixture(scope="session")
 def real_crds(real_cluster: Cluster) -> None:
     install_crd(real_cluster)
-
-
-@dataclass
-class Serving:
-    """A namespace with the operator running, a bound local-path claim `models`, and its folder."""
-
-    harness: Harness
-    models: Path
-    images: dict[str, str]
-
-    def service_url(self, name: str = "sentiment") -> str:
-        service = self.harness.get("service", name)
-        return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
 
 def claim_folder(cluster: Cluster, namespace: str, claim: str) -> Path:

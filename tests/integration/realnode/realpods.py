@@ -6,11 +6,13 @@ import hashlib
 import importlib.util
 import json
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime
+from operator_harness import Harness
 
 REPO = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
@@ -73,3 +75,16 @@ def model_deployment(path: str, *, name: str = NAME, sha256: str | None = None, 
         spec["canary"] = canary
     return {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name}, "spec": spec}
+
+
+@dataclass
+class Serving:
+    """A namespace with the operator running, a bound local-path claim `models`, and its folder."""
+
+    harness: Harness
+    models: Path
+    images: dict[str, str]
+
+    def service_url(self, name: str = "sentiment") -> str:
+        service = self.harness.get("service", name)
+        return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"

@@ -52,11 +52,12 @@ def test_helm_installed_operator_serves_a_model_under_restricted_pod_security(
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     repository, tag = real_images["operator"].rsplit(":", 1)
     release = "md"
-    selector = ",".join(f"nodeSelector.{key.replace('.', '\\.')}={value}" for key, value in REAL_NODE_SELECTOR.items())
+    escaped = {key.replace(".", "\\."): value for key, value in REAL_NODE_SELECTOR.items()}
+    selector = ",".join(f"nodeSelector.{key}={value}" for key, value in escaped.items())
     helm(cluster, "install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "180s",
          "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
          "--set", f"serverImage.cpu={real_images['server']}", "--set", "serverImage.pullPolicy=Never",
-         "--set", f"operator.watchNamespaces={{{namespace}}}", "--set", selector)
+         "--set", f"operator.watchNamespaces={{{namespace}}}", "--set-string", selector)
     try:
         pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=operator")["items"]
         assert len(pods) == 1 and pods[0]["spec"]["nodeName"].startswith(localcluster.REAL_NODE_PREFIX)

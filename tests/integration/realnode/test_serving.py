@@ -10,8 +10,17 @@ import time
 import urllib.error
 from typing import Any
 
-from conftest import Serving
-from realpods import NAME, REAL_NODE_SELECTOR, REQUEST, close, expected_output, infer, model_deployment, write_model
+from realpods import (
+    NAME,
+    REAL_NODE_SELECTOR,
+    REQUEST,
+    Serving,
+    close,
+    expected_output,
+    infer,
+    model_deployment,
+    write_model,
+)
 
 V1 = "sentiment/v1/model.onnx"
 V2 = "sentiment/v2/model.onnx"
@@ -69,7 +78,7 @@ def test_ready_after_the_pod_loaded_the_model_and_answers_like_onnxruntime(servi
     assert mount["readOnly"] is True
     # Inside the running container: the non-root user, and a claim it cannot write to.
     probe = ("import os\ntry:\n open('/models/x', 'w')\nexcept OSError as e:\n print(os.getuid(), e.strerror)\n")
-    inside = h.kubectl("exec", pod["metadata"]["name"], "--", "python", "-c", probe).stdout.split(maxsplit=1)
+    inside = h.kubectl("exec", pod["metadata"]["name"], "--", "python", "-c", probe).stdout.strip().split(maxsplit=1)
     assert inside == ["65532", "Read-only file system"]
 
     assert close(infer(f"http://{pod['status']['podIP']}:8080"), want), "straight to the pod"
