@@ -28,7 +28,8 @@ lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/mypy hack tests/conftest.py tests/unit examples benchmarks
-	$(BIN)/mypy tests/integration  # each folder with a conftest.py is its own mypy run
+	$(BIN)/mypy tests/integration --exclude tests/integration/realnode  # each folder with a conftest.py is its own mypy run
+	MYPYPATH=tests/integration/operator $(BIN)/mypy tests/integration/realnode
 	$(BIN)/mypy tests/server
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
@@ -56,6 +57,9 @@ bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores)
 	$(PY) benchmarks/control_plane/bench_cluster.py
 	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
 	$(PY) benchmarks/operator/bench_operator.py
+	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then \
+		$(PY) benchmarks/realnode/bench_real_node.py; \
+	else echo "bench_real_node: skipped (a real node needs root and the packages .ci/run installs)"; fi
 
 demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
 	$(PY) hack/demo.py

@@ -38,7 +38,7 @@ def write_model(folder: Path, relative: str, seed: int) -> str:
 def expected_output(folder: Path, relative: str) -> list[float]:
     """What onnxruntime in this process answers for REQUEST: the numbers the pods must return."""
     session = onnxruntime.InferenceSession(str(folder / relative), providers=["CPUExecutionProvider"])
-    first = REQUEST["inputs"][0]  # type: ignore[index]
+    first = REQUEST["inputs"][0]
     inputs = np.asarray(first["data"], dtype=np.float32).reshape(first["shape"])
     result = session.run(None, {first["name"]: inputs})[0]
     return [float(x) for x in np.asarray(result).ravel()]
@@ -46,11 +46,11 @@ def expected_output(folder: Path, relative: str) -> list[float]:
 
 def infer(base_url: str, name: str = NAME, timeout: float = 10.0) -> list[float]:
     """One Open Inference Protocol v2 request over real HTTP; returns the first output's data."""
-    request = urllib.request.Request(  # noqa: S310 - the cluster's own addresses
+    request = urllib.request.Request(
         f"{base_url}/v2/models/{name}/infer", data=json.dumps(REQUEST).encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         answer: dict[str, Any] = json.loads(response.read())
     return [float(x) for x in answer["outputs"][0]["data"]]
 

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import localcluster
 from realpods import NAME, REAL_NODE_SELECTOR, close, expected_output, infer, model_deployment, write_model
+
+import localcluster
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "modeldeploy"
@@ -71,7 +72,8 @@ def test_helm_installed_operator_serves_a_model_under_restricted_pod_security(
         claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
                  "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(claim))
-        wait(cluster, "the claim to bind", lambda: get(cluster, namespace, "pvc", "models")["status"]["phase"] == "Bound")
+        wait(cluster, "the claim to bind",
+             lambda: get(cluster, namespace, "pvc", "models")["status"]["phase"] == "Bound")
         volume = get(cluster, namespace, "pvc", "models")["spec"]["volumeName"]
         folder = Path(json.loads(cluster.kubectl("get", "pv", volume, "-o", "json").stdout)["spec"]["hostPath"]["path"])
         write_model(folder, "sentiment/v1/model.onnx", seed=0)

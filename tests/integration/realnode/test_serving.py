@@ -4,6 +4,7 @@ loading the model the resource names from the claim, answering through the Servi
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -103,10 +104,12 @@ def test_a_bad_model_is_reported_in_the_servers_words_while_the_old_one_serves(s
         (model_deployment("sentiment/v9/missing.onnx"), "does not exist"),
         (model_deployment("sentiment/broken.onnx"), "onnxruntime cannot load"),
     ]
+    def reported(words: str) -> bool:
+        return words in h.condition(NAME).get("message", "")
+
     for manifest, words in cases:
         apply(s, manifest)
-        h.eventually(lambda words=words: words in h.condition(NAME).get("message", ""), READY_TIMEOUT_S,
-                     f"Ready's message to carry {words!r}")
+        h.eventually(functools.partial(reported, words), READY_TIMEOUT_S, f"Ready's message to carry {words!r}")
         assert words in h.kubectl("describe", "md", NAME).stdout
         assert close(infer(s.service_url()), want), f"the previous model stopped serving after: {words}"
 
