@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,6 +47,8 @@ DEFAULT_STATE_DIR = Path(os.environ.get("MODELDEPLOY_CLUSTER_DIR", str(REPO_ROOT
 # Room for 65k Services: benchmarks create a Service per ModelDeployment, thousands of them.
 SERVICE_CIDR = "10.96.0.0/16"
 STARTUP_TIMEOUT_S = 90.0
+
+T = TypeVar("T")
 
 GPU_NODE = "kwok-gpu-0"
 CPU_NODES = ("kwok-node-0", "kwok-node-1")
@@ -64,9 +67,24 @@ def ensure_binaries() -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | Literal[False] | None], timeout: float = 60.0, interval: float = 0.25
+) -> T:
+    """Poll ``probe`` until it returns something truthy and return that; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
 
 
 def _die_with_parent() -> None:

@@ -7,14 +7,10 @@ cluster. A control plane that does not come up fails the tests that need it: it 
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hack"))
 
 import localcluster
 

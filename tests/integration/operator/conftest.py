@@ -6,18 +6,14 @@ A test fails if the operator was refused anything by RBAC.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from operator_harness import CRD, RULES, Harness, install_istio, uninstall_istio
-
 import localcluster
+from testsupport.operator_harness import CRD, RULES, Harness, install_istio, uninstall_istio
 
 Cluster = localcluster.Cluster
 
