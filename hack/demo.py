@@ -44,13 +44,10 @@ def say(text: str) -> None:
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+    try:
+        return localcluster.wait_for(what, probe, timeout, interval=0.5)
+    except TimeoutError as error:
+        raise SystemExit(f"demo: {error}") from None
 
 
 class Demo:

@@ -31,7 +31,7 @@ from localkube.controlplane import (
 from localkube.errors import ClusterError
 from localkube.paths import BUILD_SCRIPT, DEFAULT_STATE_DIR, REPO_ROOT
 from localkube.pki import KeyPair, Pki, kubeconfig_yaml
-from localkube.processes import free_port, pid_alive, stop_processes
+from localkube.processes import free_port, pid_alive, stop_processes, wait_for
 from localkube.session import ClusterSession, cluster_from_state, local_cluster, main, register_process
 
 _pid_alive = pid_alive  # the name older callers use
@@ -40,7 +40,7 @@ __all__ = [
     "BUILD_SCRIPT", "CLIENT_IDENTITIES", "CPU_NODES", "DEFAULT_STATE_DIR", "GPU_NODE", "REAL_NODE_PREFIX",
     "REPO_ROOT", "SERVICE_CIDR", "Cluster", "ClusterError", "ClusterSession", "KeyPair", "LocalControlPlane",
     "NodeInfo", "Pki", "cluster_from_state", "ensure_binaries", "free_port", "kubeconfig_yaml", "kwok_node",
-    "local_cluster", "main", "register_process", "stop_processes",
+    "local_cluster", "main", "register_process", "stop_processes", "wait_for",
 ]
 
 if __name__ == "__main__":

@@ -9,13 +9,32 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | Literal[False] | None], timeout: float = 60.0, interval: float = 0.25
+) -> T:
+    """Poll ``probe`` until it returns something truthy and return that; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
 
 
 def die_with_parent() -> None:

@@ -6,17 +6,20 @@ A test fails if the operator was refused anything by RBAC.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from operator_harness import Harness, bind_operator_rules, install_crd, install_istio, refused_by_rbac, uninstall_istio
-
 import localcluster
+from testsupport.operator_harness import (
+    Harness,
+    bind_operator_rules,
+    install_crd,
+    install_istio,
+    refused_by_rbac,
+    uninstall_istio,
+)
 
 Cluster = localcluster.Cluster
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import Harness, install_istio, manifest
 
 import localcluster
+from testsupport.operator_harness import Harness, install_istio, manifest
 
 INVALID = yaml.safe_load((Path(__file__).resolve().parents[2] / "unit" / "operator" / "invalid_specs.yaml").read_text())
 

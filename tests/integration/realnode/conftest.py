@@ -5,19 +5,14 @@ whose pods run the serving image built from Dockerfile.server and load models fr
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "operator"))
-
-from operator_harness import Harness, bind_operator_rules, install_crd, refused_by_rbac
-from realpods import Serving
-
 import localcluster
+from testsupport.operator_harness import Harness, bind_operator_rules, install_crd, refused_by_rbac
+from testsupport.realpods import Serving
 
 Cluster = localcluster.Cluster
 

@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from realpods import NAME, REAL_NODE_SELECTOR, close, expected_output, infer, model_deployment, write_model
-
 import localcluster
+from testsupport.realpods import NAME, REAL_NODE_SELECTOR, close, expected_output, infer, model_deployment, write_model
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "modeldeploy"

@@ -11,7 +11,7 @@ import time
 import urllib.error
 from typing import Any
 
-from realpods import (
+from testsupport.realpods import (
     NAME,
     REAL_NODE_SELECTOR,
     REQUEST,

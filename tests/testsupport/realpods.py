@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from operator_harness import Harness
+
+from testsupport.operator_harness import Harness
 
 REPO = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")

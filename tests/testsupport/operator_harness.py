@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,8 @@ import yaml
 
 import localcluster
 
-REPO = Path(__file__).resolve().parents[3]
-FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "integration" / "operator" / "fixtures"
 CRD = REPO / "crds" / "modeldeployments.yaml"
 ISTIO_CRDS = FIXTURES / "istio-crds.yaml"
 RULES = REPO / "charts" / "modeldeploy" / "files" / "clusterrole-rules.yaml"
@@ -32,20 +31,13 @@ Cluster = localcluster.Cluster
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Operator:
     """One operator process; `log()` returns what it printed so far."""
 
     def __init__(self, cluster: Cluster, kubeconfig: Path, log_path: Path, env: dict[str, str], args: list[str]):
         self.cluster = cluster
         self.log_path = log_path
-        self.liveness_port = free_port()
+        self.liveness_port = localcluster.free_port()
         self.env = {
             **cluster.env,
             "KUBECONFIG": str(kubeconfig),
