@@ -95,7 +95,7 @@ def serve(settings: Settings) -> int:
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle)
     config = uvicorn.Config(
-        app.state.fast_path,  # the FastAPI app behind a raw ASGI front for the infer hot path
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -107,7 +107,7 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
-    server = GracefulServer(config, app.state.dataplane.begin_shutdown, settings.shutdown_drain_seconds)
+    server = GracefulServer(config, app.plane.begin_shutdown, settings.shutdown_drain_seconds)
     lifecycle.request_exit = server.request_exit
     try:
         server.run()

@@ -31,7 +31,7 @@ from modeldeploy_server.errors import (
     InvalidInputError,
     QueueFullError,
     ServerError,
-    UnavailableError,
+    ShuttingDownError,
 )
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,9 @@ class Batcher:
         """Queue one request (``rows`` along dimension 0) and wait for its own output rows."""
         loop = self._loop
         if loop is None or self._closed:
-            raise UnavailableError("the server is shutting down", self._retry_after)
+            raise ShuttingDownError(self._retry_after)
         if len(self._pending) >= self._max_queue:
-            raise QueueFullError(
-                f"inference queue is full ({self._max_queue} requests waiting); retry later",
-                self._retry_after,
-            )
+            raise QueueFullError(self._max_queue, self._retry_after)
         future: asyncio.Future[Feeds] = loop.create_future()
         self._pending.append(_Job(feeds, rows, future, loop.time()))
         self._pending_rows += rows
