@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -44,9 +43,7 @@ class GracefulServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # Unlike uvicorn's own, this does not re-raise the signal afterwards: a drained stop exits 0.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+        # ``serve`` runs on the main thread, the only one allowed to set signal handlers.
         originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield

@@ -52,9 +52,8 @@ class Lifecycle:
         self.request_exit()
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> InferFront:
+def create_app(settings: Settings, lifecycle: Lifecycle) -> InferFront:
     """The ASGI app for one model; the model loads in the background once the server runs."""
-    lifecycle = lifecycle or Lifecycle()
     metrics = ServerMetrics()
     plane = DataPlane(settings, metrics)
 
