@@ -33,6 +33,7 @@ DATATYPE_DTYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(np.object_),
 }
 MAX_RANK = 32
+_MAX_BYTES = int(np.iinfo(np.intp).max)  # numpy's limit on an array's extent, empty or not
 _LENGTH = struct.Struct("<I")
 
 
@@ -41,9 +42,22 @@ def check_datatype(tensor: str, datatype: str) -> None:
         raise InvalidTensorError(tensor, f"unknown datatype {datatype!r}; expected one of {sorted(DATATYPE_DTYPES)}")
 
 
-def parse_shape(tensor: str, raw: list[Any]) -> tuple[int, ...]:
+def parse_shape(tensor: str, datatype: str, raw: list[Any]) -> tuple[int, ...]:
+    """A shape any tensor of ``datatype`` can have.
+
+    The element count cannot vouch for it: one zero dimension makes the count 0 whatever the others
+    say, so the non-zero dimensions are bounded on their own (by what numpy, and so onnxruntime's
+    Python binding, can represent).
+    """
     if len(raw) > MAX_RANK or not all(type(dim) is int and dim >= 0 for dim in raw):
         raise InvalidTensorError(tensor, f"shape must be a list of at most {MAX_RANK} non-negative integers, got {raw}")
+    itemsize = DATATYPE_DTYPES[datatype].itemsize
+    if math.prod(dim for dim in raw if dim) > _MAX_BYTES // itemsize:
+        raise InvalidTensorError(
+            tensor,
+            f"shape {raw} is too large for a {datatype} tensor: its non-zero dimensions multiply to more "
+            f"than {_MAX_BYTES // itemsize} elements",
+        )
     return tuple(raw)
 
 

@@ -75,7 +75,7 @@ def _input_tensor(index: int, raw: Any, binary: memoryview, offset: int) -> tupl
     where = f"input tensor {name!r}"
     datatype = _field(raw, "datatype", str, where)
     check_datatype(name, datatype)
-    shape = parse_shape(name, _field(raw, "shape", list, where))
+    shape = parse_shape(name, datatype, _field(raw, "shape", list, where))
     parameters = _field(raw, "parameters", dict, where, required=False) or {}
     size = parameters.get("binary_data_size")
     if size is None:

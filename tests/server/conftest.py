@@ -143,6 +143,28 @@ def build_dynamic(path: Path) -> Path:
     return _save(graph, path)
 
 
+def build_open(path: Path) -> Path:
+    """Open dimensions but no batch dimension (a scalar output), so any shape reaches onnxruntime:
+    ``x`` FP32 [a, b] -> ``total`` = sum of x, FP32 []; ``s`` BYTES [n] -> ``echo`` = s, BYTES [n]."""
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Identity", ["s"], ["echo"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "open",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, ["n"]),
+        ],
+        [
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("echo", TensorProto.STRING, ["n"]),
+        ],
+    )
+    return _save(graph, path)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -236,6 +258,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_two_io(folder / "two_io.onnx")
     build_dynamic(folder / "dynamic.onnx")
     build_slow(folder / "slow.onnx")
+    build_open(folder / "open.onnx")
     return folder
 
 
@@ -294,3 +317,8 @@ def two_io_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def dynamic_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _module_server(model_dir / "dynamic.onnx", tmp_path_factory.mktemp("dynamic"))
+
+
+@pytest.fixture(scope="module")
+def open_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _module_server(model_dir / "open.onnx", tmp_path_factory.mktemp("open"))
