@@ -165,6 +165,19 @@ def build_open(path: Path) -> Path:
     return _save(graph, path)
 
 
+def build_constrained(path: Path) -> Path:
+    """Metadata leaves both dimensions open, the graph does not: ``x`` FP32 [batch, n] plus a [4] bias,
+    so only n = 1 (broadcast) or n = 4 runs -> ``y`` FP32 [batch, 4]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        "constrained",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")],
+    )
+    return _save(graph, path)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -259,6 +272,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_dynamic(folder / "dynamic.onnx")
     build_slow(folder / "slow.onnx")
     build_open(folder / "open.onnx")
+    build_constrained(folder / "constrained.onnx")
     return folder
 
 
@@ -322,3 +336,8 @@ def dynamic_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def open_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _module_server(model_dir / "open.onnx", tmp_path_factory.mktemp("open"))
+
+
+@pytest.fixture(scope="module")
+def constrained_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _module_server(model_dir / "constrained.onnx", tmp_path_factory.mktemp("constrained"))

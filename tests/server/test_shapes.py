@@ -95,6 +95,7 @@ MODELS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "x": ("FP32", {"shape": [1, 2], "data": [0.5, 1.5]}),
         "mask": ("BOOL", {"shape": [1, 2], "data": [True, False]}),
     },
+    "constrained": {"x": ("FP32", {"shape": [1, 4], "data": [0.5] * 4})},
     "open": {
         "x": ("FP32", {"shape": [1, 1], "data": [1.5]}),
         "s": ("BYTES", {"shape": [1], "data": ["a"]}),
@@ -148,3 +149,15 @@ def test_fuzzed_shapes_get_200_or_a_400_naming_the_problem(request: pytest.Fixtu
         call()
     assert statuses.get(400, 0) > 0, statuses
     assert "Traceback" not in server.log()
+
+
+def test_a_shape_the_graph_cannot_take_is_a_400_naming_the_tensor(constrained_server: Any) -> None:
+    """The metadata says [batch, n]; the graph runs n = 1 or 4 only, which onnxruntime finds out."""
+    server = constrained_server
+    fits = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0] * 4}]}
+    assert server.client.post("/v2/models/constrained/infer", json=fits).status_code == 200
+    wrong = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.0] * 3}]}
+    response = server.client.post("/v2/models/constrained/infer", json=wrong)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "'x'" in message and "[1, 3]" in message and "dimension" in message, message
