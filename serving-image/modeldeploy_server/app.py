@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modeldeploy_server import __version__
 from modeldeploy_server.dataplane import DataPlane
-from modeldeploy_server.errors import ModelLoadError, ServerError, render
+from modeldeploy_server.errors import InternalError, ModelLoadError, ServerError, render, routing_error
 from modeldeploy_server.infer_front import InferEndpoint, InferFront
 from modeldeploy_server.metrics import ServerMetrics
 from modeldeploy_server.model import load_model
@@ -50,6 +51,11 @@ class Lifecycle:
         write_termination_message(termination_message_path, reason)
         self.exit_code = EXIT_LOAD_FAILED
         self.request_exit()
+
+
+def _response(error: ServerError) -> Response:
+    status, headers, content = render(error)
+    return Response(content, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle) -> InferFront:
@@ -93,8 +99,18 @@ def create_app(settings: Settings, lifecycle: Lifecycle) -> InferFront:
     @app.exception_handler(ServerError)
     async def server_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServerError)
-        status, headers, content = render(exc)
-        return Response(content, status_code=status, headers=headers)
+        return _response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def router_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        allow = (exc.headers or {}).get("Allow")
+        return _response(routing_error(request.method, request.url.path, exc.status_code, exc.detail, allow))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback after this answer has been sent.
+        return _response(InternalError())
 
     app.openapi = openapi_builder(app, plane)  # type: ignore[method-assign]
     return InferFront(app, InferEndpoint(plane, settings.max_request_bytes))

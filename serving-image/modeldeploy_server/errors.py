@@ -55,6 +55,14 @@ class ModelNotFoundError(ServerError):
         super().__init__(f"model {name!r}{suffix} not found; this server serves {served!r}")
 
 
+class RouteNotFoundError(ServerError):
+    status_code = 404
+    outcome = "not_found"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"no endpoint {method} {path}; the endpoints are listed at /docs")
+
+
 class MethodNotAllowedError(ServerError):
     status_code = 405
     outcome = "invalid_input"
@@ -65,6 +73,24 @@ class MethodNotAllowedError(ServerError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)}
+
+
+class HttpStatusError(ServerError):
+    """Any other status the web framework answers on its own, with its own words."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.outcome = "invalid_input" if status_code < 500 else "error"
+
+
+def routing_error(method: str, path: str, status_code: int, detail: str, allow: str | None) -> ServerError:
+    """The protocol error for a status the router answers (unknown path, wrong method, ...)."""
+    if status_code == 404:
+        return RouteNotFoundError(method, path)
+    if status_code == 405 and allow:
+        return MethodNotAllowedError(method, path, tuple(part.strip() for part in allow.split(",")))
+    return HttpStatusError(status_code, detail)
 
 
 class PayloadTooLargeError(ServerError):
