@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -323,21 +324,17 @@ def mlp_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
 
 
-@pytest.fixture(scope="module")
-def two_io_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _module_server(model_dir / "two_io.onnx", tmp_path_factory.mktemp("two_io"))
+def _plain_module_server(model: str) -> Any:
+    """A module-scoped fixture serving ``<model>.onnx`` with default settings."""
+
+    @pytest.fixture(scope="module", name=f"{model}_server")
+    def fixture(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+        yield from _module_server(model_dir / f"{model}.onnx", tmp_path_factory.mktemp(model))
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def dynamic_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _module_server(model_dir / "dynamic.onnx", tmp_path_factory.mktemp("dynamic"))
-
-
-@pytest.fixture(scope="module")
-def open_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _module_server(model_dir / "open.onnx", tmp_path_factory.mktemp("open"))
-
-
-@pytest.fixture(scope="module")
-def constrained_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _module_server(model_dir / "constrained.onnx", tmp_path_factory.mktemp("constrained"))
+two_io_server = _plain_module_server("two_io")
+dynamic_server = _plain_module_server("dynamic")
+open_server = _plain_module_server("open")
+constrained_server = _plain_module_server("constrained")
