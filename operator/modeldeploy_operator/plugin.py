@@ -29,12 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-GROUP = "modeldeploy.dev"
-VERSION = "v1alpha1"
-PLURAL = "modeldeployments"
-KIND = "ModelDeployment"
+from modeldeploy_operator.names import CANARY_READY, CONDITION_ORDER, GROUP, KIND, PLURAL, READY, VERSION
+
 MERGE_PATCH = "application/merge-patch+json"
-CONDITION_ORDER = ("Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady")
 
 JSONObject = dict[str, Any]
 
@@ -137,7 +134,7 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     status = resource.get("status") or {}
     metadata = resource.get("metadata") or {}
     conditions = status.get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    ready = next((c for c in conditions if c.get("type") == READY), None)
     canary = spec.get("canary")
 
     fields: list[tuple[str, str]] = [
@@ -225,7 +222,7 @@ def promotion_blocker(resource: Mapping[str, Any]) -> str | None:
     if lag:
         return lag
     conditions = (resource.get("status") or {}).get("conditions") or []
-    canary_ready = next((c for c in conditions if c.get("type") == "CanaryReady"), None)
+    canary_ready = next((c for c in conditions if c.get("type") == CANARY_READY), None)
     if canary_ready is None:
         return "the operator reports no CanaryReady condition"
     if canary_ready.get("status") != "True":

@@ -13,17 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-
-GROUP = "modeldeploy.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
-SINGULAR = "modeldeployment"
-SHORT_NAMES = ["md"]
-CATEGORIES = ["all", "modeldeploy"]
 
 # The longest child name is "<name>-canary"; Kubernetes names Services and labels with at most 63.
 MAX_NAME_LENGTH = 56
@@ -470,3 +461,23 @@ def check_name(name: str) -> None:
             f"metadata.name {name!r} must be a DNS label starting with a letter, at most {MAX_NAME_LENGTH} "
             "characters"
         )
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """`spec.<field>: <reason>` for each problem, as the API server words its own refusals."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()))
+        parts.append(f"spec.{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts)
+
+
+def validate(name: str, spec: object) -> ModelDeploymentSpec | str:
+    """The usable spec of a stored resource, or why it is unusable (naming the field)."""
+    try:
+        check_name(name)
+        return parse_spec(spec)
+    except ValidationError as error:
+        return format_validation_error(error)
+    except ValueError as error:
+        return str(error)
