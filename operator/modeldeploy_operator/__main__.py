@@ -1,13 +1,12 @@
 """`python -m modeldeploy_operator`: run the operator (kopf underneath).
 
-Settings come from MODELDEPLOY_* environment variables (see config.py); the flags below override
-the most common ones.
+Settings come from MODELDEPLOY_* environment variables (config.py; `python -m modeldeploy_operator.config`
+lists them); the flags below override the most common ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import socket
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_leader_election:
         overrides["leader_election"] = False
     if overrides:
-        config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+        config = config.model_copy(update=overrides)
 
     level = logging.DEBUG if args.verbose else getattr(logging, config.log_level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -34,6 +34,7 @@ class Controller:
     def __init__(self, api: ControllerApi, config: OperatorConfig, identity: str) -> None:
         self.api = api
         self.config = config
+        self.serving = config.serving
         self.identity = identity
         self.cache = WatchCache()
         self.queue: WorkQueue[Key] = WorkQueue()
@@ -183,9 +184,9 @@ class Controller:
         if snapshot is None or snapshot.deleting:
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
-        plan = plan_children(snapshot, self.config.serving)
+        plan = plan_children(snapshot, self.serving)
         outcome = self._act(plan)
-        update = next_status(snapshot, self.config.serving, now_rfc3339(), outcome)
+        update = next_status(snapshot, self.serving, now_rfc3339(), outcome)
         if update is not None:
             self._write_status(snapshot, update)
         return not outcome.errors
