@@ -149,10 +149,6 @@ class WatchCache:
         with self._lock:
             self._resources.pop(key, None)
 
-    def resource(self, key: Key) -> ResourceEntry | None:
-        with self._lock:
-            return self._resources.get(key)
-
     def snapshot(self, key: Key) -> Snapshot | None:
         """Everything about one ModelDeployment, consistent under one lock; None when it is not known."""
         with self._lock:

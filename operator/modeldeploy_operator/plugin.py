@@ -120,10 +120,8 @@ def sorted_conditions(conditions: Sequence[Mapping[str, Any]]) -> list[Mapping[s
 
 
 def describe_counts(value: Any) -> str:
-    """Replica counts of any shape the status uses: a number, a flat map, or a map per track."""
+    """spec.replicas as written ({min, max}), or a plain number."""
     if isinstance(value, Mapping):
-        if value and all(isinstance(item, Mapping) for item in value.values()):
-            return "; ".join(f"{track}: {describe_counts(item)}" for track, item in value.items())
         return ", ".join(f"{key} {item}" for key, item in value.items())
     return str(value)
 
@@ -166,8 +164,6 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
         fields.append(("Replicas (spec)", describe_counts(spec_replicas)))
     if "readyReplicas" in status or "desiredReplicas" in status:
         fields.append(("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready"))
-    elif "replicas" in status:
-        fields.append(("Replicas", describe_counts(status["replicas"])))
     fields.append(("URL", status.get("url") or "<not reported yet>"))
     fields.append(
         (
@@ -434,8 +430,23 @@ def build_patch(args: argparse.Namespace, resource: Mapping[str, Any]) -> tuple[
     )
 
 
+MISSING_CLIENT = (
+    "kubectl-modeldeploy needs the Kubernetes Python client, which `pip install modeldeploy` leaves out "
+    "(the serving image does not need it): pip install 'modeldeploy[kubectl]'"
+)
+
+
+def require_client() -> None:
+    """Say what to install instead of crashing on an import deep inside a command."""
+    try:
+        import kubernetes  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise PluginError(MISSING_CLIENT) from error
+
+
 def run(args: argparse.Namespace) -> str:
     """Execute one parsed command; return what to print."""
+    require_client()
     connection = resolve_connection(args.kubeconfig, args.context, args.namespace)
     api = ModelDeployments(connection)
     if args.command == "status":

@@ -103,8 +103,7 @@ def test_claim_users_and_istio_switch() -> None:
 def test_spec_of_cached_resource_parses() -> None:
     cache = WatchCache()
     cache.observe_resource(resource(1))
-    entry = cache.resource(("ml", "sentiment"))
-    assert entry is not None
+    entry = snapshot(cache)
     assert parse_spec(entry.body["spec"]).model.pvc == "models"
     assert entry.spec == parse_spec(entry.body["spec"])  # parsed once, when the resource changed
     assert set(entry.body["metadata"]) <= {"name", "namespace", "uid", "generation", "deletionTimestamp",
