@@ -10,8 +10,9 @@ so one ModelDeployment manifest works unchanged across clusters.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -122,14 +123,8 @@ class OperatorConfig(BaseSettings):
 
     @property
     def serving(self) -> ServingConfig:
-        return ServingConfig(
-            server_image=self.server_image,
-            gpu_server_image=self.gpu_server_image,
-            cluster_domain=self.cluster_domain,
-            image_pull_policy=self.image_pull_policy,
-            pre_stop_seconds=self.pre_stop_seconds,
-            termination_grace_seconds=self.termination_grace_seconds,
-        )
+        """The settings the builders read (each a field of the same name here)."""
+        return ServingConfig(**{item.name: getattr(self, item.name) for item in dataclasses.fields(ServingConfig)})
 
 
 def _namespace_of_pod() -> str | None:
@@ -150,24 +145,25 @@ def _input_key(field: str) -> str:
     return alias if isinstance(alias, str) else field
 
 
+# pydantic's error types, reworded for a person reading an environment variable.
+_REASONS: dict[str, Callable[[Any, dict[str, Any]], str]] = {
+    "int_parsing": lambda value, _: f"{value!r} is not a number",
+    "float_parsing": lambda value, _: f"{value!r} is not a number",
+    "int_from_float": lambda value, _: f"{value!r} is not a whole number",
+    "greater_than_equal": lambda value, context: f"must be at least {context['ge']}, got {value}",
+    "less_than_equal": lambda value, context: f"must be at most {context['le']}, got {value}",
+    "bool_parsing": lambda value, _: f"expected true or false, got {value!r}",
+    "literal_error": lambda value, context: f"expected one of {context.get('expected')}, got {value!r}",
+}
+
+
 def _explain(error: ValidationError) -> str:
     """`MODELDEPLOY_<NAME>: <reason>` for each bad value."""
     parts = []
     for item in error.errors(include_url=False):
         where = env_name(str(item["loc"][0])) if item["loc"] else "settings"
-        value, context = item.get("input"), item.get("ctx") or {}
-        if item["type"] in {"int_parsing", "float_parsing", "int_from_float"}:
-            reason = f"{value!r} is not a number"
-        elif item["type"] == "greater_than_equal":
-            reason = f"must be at least {context['ge']}, got {value}"
-        elif item["type"] == "less_than_equal":
-            reason = f"must be at most {context['le']}, got {value}"
-        elif item["type"] == "bool_parsing":
-            reason = f"expected true or false, got {value!r}"
-        elif item["type"] == "literal_error":
-            reason = f"expected one of {context.get('expected')}, got {value!r}"
-        else:
-            reason = item["msg"]
+        reword = _REASONS.get(item["type"])
+        reason = reword(item.get("input"), item.get("ctx") or {}) if reword else item["msg"]
         parts.append(f"{where}: {reason}")
     return "; ".join(parts)
 

@@ -77,57 +77,42 @@ class Case:
     delete: list[str] = field(default_factory=list)
 
 
-def hand_edited() -> Snapshot:
-    children = converged(BASE_SPEC, ISTIO)
-    key = ("Deployment", "sentiment-stable")
-    children[key] = replace(children[key], foreign_edit=True)
-    return snapshot(BASE_SPEC, children)
+STABLE = ("Deployment", "sentiment-stable")
 
 
-def hand_scaled() -> Snapshot:
-    spec = {**BASE_SPEC, "replicas": {"min": 2}}  # fixed count: the Deployment carries replicas
-    children = converged(spec, ISTIO)
-    key = ("Deployment", "sentiment-stable")
-    children[key] = replace(children[key], replicas=5)
-    return snapshot(spec, children)
+def after(spec: Mapping[str, Any], converged_for: Mapping[str, Any] | None = None,
+          changed: Mapping[tuple[str, str], Mapping[str, Any] | None] | None = None,
+          istio: IstioApi | None = ISTIO) -> Snapshot:
+    """A resource with `spec` whose children converged for `converged_for` (default: the same spec),
+    then had some children changed by hand (None: deleted)."""
+    children = converged(converged_for or spec, ISTIO)
+    for key, changes in (changed or {}).items():
+        if changes is None:
+            del children[key]
+        else:
+            children[key] = replace(children[key], **changes)
+    return snapshot(spec, children, istio=istio)
 
 
-def hand_deleted_service() -> Snapshot:
-    children = converged(BASE_SPEC, ISTIO)
-    del children[("Service", "sentiment")]
-    return snapshot(BASE_SPEC, children)
-
-
-def canary_removed() -> Snapshot:
-    """The canary left the spec: its Deployment and autoscaler are still observed."""
-    children = converged(WITH_CANARY, ISTIO)
-    return snapshot(BASE_SPEC, children)
-
-
-def canary_vanished() -> Snapshot:
-    """The canary is still wanted but its Deployment vanished (deleted by hand)."""
-    children = converged(WITH_CANARY, ISTIO)
-    del children[("Deployment", "sentiment-canary")]
-    return snapshot(WITH_CANARY, children)
-
-
-def istio_uninstalled() -> Snapshot:
-    """Istio's CRDs went away: the Service alone routes now, to the stable pods while the canary gets 0%."""
-    spec = {**BASE_SPEC, "canary": {**CANARY, "trafficPercent": 0}}
-    return snapshot(spec, converged(spec, ISTIO), istio=None)
+FIXED = {**BASE_SPEC, "replicas": {"min": 2}}  # a fixed count: the Deployment carries replicas
+DARK_CANARY = {**BASE_SPEC, "canary": {**CANARY, "trafficPercent": 0}}
 
 
 CASES = [
     Case("new resource: every child", snapshot(BASE_SPEC), EVERYTHING),
     Case("converged: nothing", snapshot(BASE_SPEC, converged(BASE_SPEC, ISTIO)), []),
-    Case("hand-edited child: taken back", hand_edited(), ["Deployment/sentiment-stable"]),
-    Case("hand-scaled Deployment: scaled back", hand_scaled(), ["Deployment/sentiment-stable"]),
-    Case("hand-deleted Service: put back", hand_deleted_service(), ["Service/sentiment"]),
-    Case("canary removed from the spec: its children deleted", canary_removed(),
+    Case("hand-edited child: taken back", after(BASE_SPEC, changed={STABLE: {"foreign_edit": True}}),
+         ["Deployment/sentiment-stable"]),
+    Case("hand-scaled Deployment: scaled back", after(FIXED, changed={STABLE: {"replicas": 5}}),
+         ["Deployment/sentiment-stable"]),
+    Case("hand-deleted Service: put back", after(BASE_SPEC, changed={("Service", "sentiment"): None}),
+         ["Service/sentiment"]),
+    Case("canary removed from the spec: its children deleted", after(BASE_SPEC, converged_for=WITH_CANARY),
          ["Service/sentiment", "VirtualService/sentiment"],
          ["Deployment/sentiment-canary", "HorizontalPodAutoscaler/sentiment-canary"]),
-    Case("vanished canary Deployment: re-created", canary_vanished(), ["Deployment/sentiment-canary"]),
-    Case("Istio uninstalled: Service re-applied, Istio objects not addressed", istio_uninstalled(),
+    Case("vanished canary Deployment: re-created",
+         after(WITH_CANARY, changed={("Deployment", "sentiment-canary"): None}), ["Deployment/sentiment-canary"]),
+    Case("Istio uninstalled: Service re-applied, Istio objects not addressed", after(DARK_CANARY, istio=None),
          ["Service/sentiment"]),
     Case("invalid spec: nothing touched", snapshot({"model": {"pvc": "models", "path": "/abs.onnx"}}), []),
     Case("being deleted: nothing touched", snapshot(BASE_SPEC, deleting=True), []),
