@@ -78,6 +78,11 @@ class Kube:
         accept: str = "application/json",
     ) -> dict[str, Any]:
         headers = {"Accept": accept, "Content-Type": content_type}
+        if body is not None and content_type.endswith("yaml"):
+            # The client would send json.dumps(body): ASCII with surrogate-pair escapes for characters outside
+            # the Basic Multilingual Plane, which the API server's YAML decoder refuses. JSON is YAML, and
+            # UTF-8 is what both decoders read, so send the bytes ourselves.
+            body = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             method, url, headers, payload = self._api.param_serialize(
                 method=method, resource_path=path, query_params=list((query or {}).items()),
