@@ -8,6 +8,7 @@ kopf's event loop, read from the worker threads, hence one lock (held for dict o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,7 @@ class WatchCache:
         self._istio_crds: dict[str, str] = {}  # CRD kind -> preferred served version
         self._istio_known = False
         self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
+        self._terminating: dict[str, float] = {}  # namespace -> when the API server said it is being deleted
 
     # Initial sync ----------------------------------------------------------------------------------------
 
@@ -148,6 +150,28 @@ class WatchCache:
     def forget_resource(self, key: Key) -> None:
         with self._lock:
             self._resources.pop(key, None)
+            if key[0] in self._terminating and not any(k[0] == key[0] for k in self._resources):
+                del self._terminating[key[0]]  # the namespace is empty: a namesake created later starts afresh
+
+    # Namespaces being deleted -------------------------------------------------------------------------------
+
+    TERMINATING_MEMORY_SECONDS = 60.0
+
+    def note_namespace_terminating(self, namespace: str) -> bool:
+        """Remember that the API server refuses new objects in `namespace`; True the first time."""
+        with self._lock:
+            first = not self._namespace_terminating_locked(namespace)
+            self._terminating[namespace] = time.monotonic()
+            return first
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        with self._lock:
+            return self._namespace_terminating_locked(namespace)
+
+    def _namespace_terminating_locked(self, namespace: str) -> bool:
+        since = self._terminating.get(namespace)
+        # Forgotten after a while: if the namespace is still going, the next write finds out again.
+        return since is not None and time.monotonic() - since < self.TERMINATING_MEMORY_SECONDS
 
     def snapshot(self, key: Key) -> Snapshot | None:
         """Everything about one ModelDeployment, consistent under one lock; None when it is not known."""

@@ -181,15 +181,21 @@ class Controller:
     def reconcile(self, key: Key) -> bool:
         """Converge one resource; False when some child could not be applied (the status says why)."""
         snapshot = self.cache.snapshot(key)
-        if snapshot is None or snapshot.deleting:
+        if snapshot is None or snapshot.deleting or self.cache.namespace_terminating(key[0]):
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
         plan = plan_children(snapshot, self.serving)
         outcome = self._act(plan)
+        if outcome.namespace_going_away:
+            self._namespace_going_away(key[0])
         update = next_status(snapshot, self.serving, now_rfc3339(), outcome)
         if update is not None:
             self._write_status(snapshot, update)
         return not outcome.errors
+
+    def _namespace_going_away(self, namespace: str) -> None:
+        if self.cache.note_namespace_terminating(namespace):
+            log.info("namespace %s is being deleted: leaving its ModelDeployments to go with it", namespace)
 
     def _act(self, plan: Plan) -> Outcome:
         errors: dict[str, str] = {}
@@ -201,6 +207,8 @@ class Controller:
             except KubeError as error:
                 if error.status == 0:
                     raise  # the API server is unreachable: nothing else will work either
+                if error.namespace_going_away:
+                    return Outcome(namespace_going_away=True)
                 # Refused or failing server-side (quota, webhook, full service IP range...): say so in status.
                 errors[f"{kind}/{meta['name']}"] = error.message
                 log.error("applying %s %s/%s failed: %s", kind, meta["namespace"], meta["name"], error)
@@ -228,6 +236,9 @@ class Controller:
             try:
                 self.api.post_event(snapshot.body, note.type, note.reason, note.message, self.identity)
             except KubeError as error:
+                if error.namespace_going_away:
+                    self._namespace_going_away(namespace)
+                    return
                 log.warning("could not post event %s on %s/%s: %s", note.reason, namespace, name, error)
 
 

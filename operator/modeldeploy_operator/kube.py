@@ -38,13 +38,15 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
 
 def _error(exc: ApiException) -> KubeError:
     reason, message = str(exc.reason or ""), str(exc.body or exc.reason or "")
+    causes: tuple[str, ...] = ()
     try:
         body = json.loads(exc.body) if exc.body else {}
         message = body.get("message", message)
         reason = body.get("reason", reason)
+        causes = tuple(str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or [])
     except (ValueError, TypeError, AttributeError):
         pass
-    return KubeError(int(exc.status or 0), reason, message)
+    return KubeError(int(exc.status or 0), reason, message, causes)
 
 
 class Kube:

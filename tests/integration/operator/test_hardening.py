@@ -42,3 +42,31 @@ def test_a_child_the_api_server_refuses_is_named_with_its_field(harness: Harness
     events = json.loads(h.kubectl("get", "events", "-o", "json").stdout)["items"]
     assert any(e["reason"] == "ApplyFailed" and "nodeSelector" in e["message"] for e in events)
 
+
+def test_a_namespace_deleted_with_many_resources_goes_quietly(harness: Harness, istio: None) -> None:
+    """30 ModelDeployments converge; their namespace is deleted: no apply errors, no Events posted into a
+    terminating namespace, no ERROR lines, no ApplyFailed status on the way out."""
+    h = harness
+    storm = f"{h.namespace}-storm"
+    h.cluster.kubectl("create", "namespace", storm)
+    operator = h.start_operator("--all-namespaces")
+    names = [f"model-{i}" for i in range(30)]
+    items = [{**manifest(name), "metadata": {"name": name, "namespace": storm}} for name in names]
+    h.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+    def converged() -> bool:
+        found = json.loads(h.cluster.kubectl("get", "md", "-n", storm, "-o", "json").stdout)["items"]
+        return len(found) == 30 and all((m.get("status") or {}).get("observedGeneration") == 1 for m in found)
+
+    h.eventually(converged, 180, "30 ModelDeployments observed")
+    before = operator.log()
+    h.cluster.kubectl("delete", "namespace", storm, "--wait=false")
+    h.eventually(lambda: h.cluster.kubectl("get", "namespace", storm, check=False).returncode != 0, 240,
+                 f"namespace {storm} to be gone")
+    during = operator.log()[len(before):]
+    assert operator.running()
+    errors = [line for line in during.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert errors == [], "\n".join(errors[:20])
+    refused_events = [line for line in during.splitlines() if "could not post event" in line]
+    assert refused_events == [], "\n".join(refused_events[:20])
+    assert "ApplyFailed" not in during

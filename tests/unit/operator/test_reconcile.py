@@ -261,3 +261,21 @@ def test_controller_gives_up_the_round_when_the_api_is_unreachable() -> None:
     with pytest.raises(KubeError):
         ctl.reconcile(("ml", "sentiment"))
     assert api.statuses == []
+
+
+def test_a_namespace_being_deleted_gets_no_apply_retry_status_or_event() -> None:
+    terminating = KubeError(403, "Forbidden", "unable to create new content in namespace ml because it is being "
+                            "terminated", causes=("NamespaceTerminating",))
+    api = FakeApi(refuse={"Deployment/sentiment-stable": terminating})
+    ctl = controller(api, BASE_SPEC)
+    ctl.cache.observe_resource({**body(BASE_SPEC), "metadata": {**body(BASE_SPEC)["metadata"], "name": "other"}})
+    assert ctl.reconcile(("ml", "sentiment"))  # done: nothing to retry
+    assert (api.statuses, api.events) == ([], [])
+    assert ctl.reconcile(("ml", "other"))
+    assert api.applied == []  # the namespace is known to be going: not even tried
+    assert (api.statuses, api.events) == ([], [])
+
+
+def test_a_vanished_namespace_is_going_away_too() -> None:
+    assert KubeError(404, "NotFound", 'namespaces "ml" not found').namespace_going_away
+    assert not KubeError(404, "NotFound", "the server could not find the requested resource").namespace_going_away
