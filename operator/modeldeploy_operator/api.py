@@ -56,6 +56,10 @@ class ChildApi(Protocol):
         self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
     ) -> None: ...
 
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        """The uid of the named object, None when it does not exist."""
+        ...
+
 
 class InventoryApi(Protocol):
     """Metadata-only reads: which objects exist, to check the watch cache against."""

@@ -24,6 +24,7 @@ from modeldeploy_operator.names import Kind
 
 log = logging.getLogger(__name__)
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
@@ -129,6 +130,15 @@ class Kube:
         return True
 
     # The resource itself --------------------------------------------------------------------------------
+
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        try:
+            found = self.request("GET", kind.path(namespace, name), accept=METADATA_OBJECT)
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        return str((found.get("metadata") or {}).get("uid", "")) or None
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the status stanza through the status subresource only: spec is never written."""

@@ -4,9 +4,17 @@ Plane, a namespace deleted with many ModelDeployments in it, an API server resta
 from __future__ import annotations
 
 import json
+import os
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from operator_harness import Harness, manifest
+import pytest
+from operator_harness import CRD, Harness, Operator, manifest
+
+import localcluster
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
@@ -70,3 +78,65 @@ def test_a_namespace_deleted_with_many_resources_goes_quietly(harness: Harness, 
     refused_events = [line for line in during.splitlines() if "could not post event" in line]
     assert refused_events == [], "\n".join(refused_events[:20])
     assert "ApplyFailed" not in during
+
+
+@pytest.fixture
+def own_control_plane(tmp_path: Path) -> Iterator[tuple[localcluster.LocalControlPlane, localcluster.Cluster]]:
+    """A control plane of the test's own: its API server gets killed and restarted."""
+    plane = localcluster.LocalControlPlane(localcluster.ensure_binaries(), tmp_path / "plane")
+    cluster = plane.start()
+    try:
+        yield plane, cluster
+    finally:
+        plane.stop()
+
+
+def health(operator: Operator) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10) as response:
+        found: dict[str, Any] = json.loads(response.read())["reconciler"]
+        return found
+
+
+@pytest.mark.cluster
+def test_a_resource_deleted_while_the_watches_reconnect_is_forgotten(
+    own_control_plane: tuple[localcluster.LocalControlPlane, localcluster.Cluster], tmp_path: Path
+) -> None:
+    """kube-apiserver SIGKILLed and started again with the same arguments; a ModelDeployment deleted before
+    the operator's watches come back. They resume too late (410 Gone) and re-list, and a re-list never
+    says what vanished: the cache must still end up holding exactly what the API server holds."""
+    plane, cluster = own_control_plane
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+    cluster.kubectl("create", "namespace", "watch-gap")
+    h = Harness(cluster, "watch-gap", tmp_path, cluster.kubeconfig)
+    # No periodic resync during the test: only the re-list may repair the cache.
+    operator = h.start_operator("--namespace", "watch-gap", "--no-leader-election", MODELDEPLOY_RESYNC_SECONDS="3600")
+    names = ["model-0", "model-1", "model-2"]
+    for name in names:
+        h.apply_manifest(manifest(name))
+    h.eventually(lambda: all(h.get_or_none("deployment", f"{n}-stable") for n in names), 60, "the children")
+    h.eventually(lambda: health(operator)["cached"]["modeldeployments"] == 3, 30, "three resources cached")
+
+    # The operator is held still from the kill until the deletion is done, so the deletion surely falls
+    # between its watches breaking and their re-list. Orphaning keeps model-0's children (labelled, no
+    # longer owned): a hand deletion of one of them queues model-0's key again below.
+    assert operator.process is not None
+    os.kill(operator.process.pid, signal.SIGSTOP)
+    try:
+        plane.restart("kube-apiserver")
+        h.kubectl("delete", "md", "model-0", "--cascade=orphan", "--wait=true", "--timeout=60s")
+    finally:
+        os.kill(operator.process.pid, signal.SIGCONT)
+
+    h.eventually(lambda: health(operator)["cached"]["modeldeployments"] == 2, 60,
+                 "the cache to drop the resource deleted during the gap")
+
+    # The garbage collector <-> reconcile loop: a child of the deleted resource goes; nothing re-creates it.
+    h.kubectl("delete", "deployment", "model-0-stable")
+    # A sentinel on the same watch, after it: a live resource's child, which must come back.
+    h.kubectl("delete", "deployment", "model-1-stable")
+    h.eventually(lambda: h.get_or_none("deployment", "model-1-stable"), 60, "model-1's Deployment back")
+    h.eventually(lambda: health(operator)["queued"] == 0, 30, "an idle work queue")
+    assert h.get_or_none("deployment", "model-0-stable") is None
+    assert "created 5 times" not in operator.log()
+    assert health(operator)["cached"]["modeldeployments"] == 2
