@@ -81,13 +81,23 @@ def test_a_namespace_deleted_with_many_resources_goes_quietly(harness: Harness, 
 
 
 @pytest.fixture
-def own_control_plane(tmp_path: Path) -> Iterator[tuple[localcluster.LocalControlPlane, localcluster.Cluster]]:
-    """A control plane of the test's own: its API server gets killed and restarted."""
+def own_control_plane(tmp_path: Path) -> Iterator[tuple[localcluster.LocalControlPlane, Harness]]:
+    """A control plane of the test's own (its API server gets killed and restarted), with the CRD and a
+    namespace; the operators the test starts are stopped at the end."""
     plane = localcluster.LocalControlPlane(localcluster.ensure_binaries(), tmp_path / "plane")
     cluster = plane.start()
+    harness = Harness(cluster, "watch-gap", tmp_path, cluster.kubeconfig)
     try:
-        yield plane, cluster
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/modeldeployments.modeldeploy.dev")
+        cluster.kubectl("create", "namespace", harness.namespace)
+        yield plane, harness
     finally:
+        for operator in harness.operators:
+            operator.stop()
+        if os.environ.get("MODELDEPLOY_TEST_SHOW_LOGS"):
+            print(harness.logs())
         plane.stop()
 
 
@@ -99,16 +109,12 @@ def health(operator: Operator) -> dict[str, Any]:
 
 @pytest.mark.cluster
 def test_a_resource_deleted_while_the_watches_reconnect_is_forgotten(
-    own_control_plane: tuple[localcluster.LocalControlPlane, localcluster.Cluster], tmp_path: Path
+    own_control_plane: tuple[localcluster.LocalControlPlane, Harness]
 ) -> None:
     """kube-apiserver SIGKILLed and started again with the same arguments; a ModelDeployment deleted before
     the operator's watches come back. They resume too late (410 Gone) and re-list, and a re-list never
     says what vanished: the cache must still end up holding exactly what the API server holds."""
-    plane, cluster = own_control_plane
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
-    cluster.kubectl("create", "namespace", "watch-gap")
-    h = Harness(cluster, "watch-gap", tmp_path, cluster.kubeconfig)
+    plane, h = own_control_plane
     # No periodic resync during the test: only the re-list may repair the cache.
     operator = h.start_operator("--namespace", "watch-gap", "--no-leader-election", MODELDEPLOY_RESYNC_SECONDS="3600")
     names = ["model-0", "model-1", "model-2"]
