@@ -69,16 +69,16 @@ class InventoryApi(Protocol):
     def exists(self, collection: str, namespace: str, name: str) -> bool: ...
 
 
-class ControllerApi(ChildApi, InventoryApi, Protocol):
-    """Everything the controller uses."""
-
-
 class DiscoveryApi(Protocol):
-    """What the API server offers, asked once at start-up."""
+    """What the API server offers: asked at start-up, and again when the cache is checked."""
 
     def server_version(self) -> tuple[int, int]: ...
 
     def istio_version(self) -> str | None: ...
+
+
+class ControllerApi(ChildApi, InventoryApi, DiscoveryApi, Protocol):
+    """Everything the controller uses."""
 
 
 class LeaseApi(Protocol):

@@ -389,6 +389,15 @@ class WatchCache:
             self._istio_known = True
             return before != self._istio_locked()
 
+    def reset_istio(self, version: str | None) -> bool:
+        """What discovery says now (Istio's CRDs may have changed while a watch was away); True when
+        routing availability changed."""
+        with self._lock:
+            before = self._istio_locked()
+            self._istio_crds = {} if version is None else {kind.kind: version for kind in names.ISTIO_KINDS}
+            self._istio_known = True
+            return before != self._istio_locked()
+
     def set_istio_version(self, version: str | None) -> None:
         """The start-up discovery answer, used until the CRD watch has spoken."""
         with self._lock:

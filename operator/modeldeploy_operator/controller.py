@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from modeldeploy_operator import names
 from modeldeploy_operator import status as statuses
-from modeldeploy_operator.api import ControllerApi, DiscoveryApi, KubeError, now_rfc3339
+from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
 from modeldeploy_operator.builders import IstioApi
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
@@ -195,10 +195,19 @@ class Controller:
                 continue
             self._stopping.wait(2.0)  # let the re-listing (often of every kind at once) come in first
             self._audit_wanted.clear()
-            self.audit()
+            self.audit(rediscover=True)
 
-    def audit(self) -> None:
-        """Drop from the cache what the API server no longer holds; requeue the resources it concerns."""
+    def audit(self, rediscover: bool = False) -> None:
+        """Drop from the cache what the API server no longer holds; requeue the resources it concerns.
+        After a re-list, also ask again whether Istio is installed: its CRDs may have come or gone while the
+        CRD watch was away (the CRD watch keeps that current otherwise)."""
+        if rediscover:
+            try:
+                if self.cache.reset_istio(self.api.istio_version()):
+                    log.info("Istio routing is %s", "available" if self.cache.istio() else "gone")
+                    self.enqueue_all()
+            except KubeError as error:
+                log.warning("could not check whether Istio is installed: %s", error)
         namespaces: list[str | None] = list(self.config.namespaces) or [None]
         for kind, selector in self._inventory_targets(self.cache.istio() is not None):
             before = self.cache.mark()
@@ -328,6 +337,5 @@ class Runtime:
 
     controller: Controller
     elector: Elector
-    discovery: DiscoveryApi
     config: OperatorConfig
     stop_flag: threading.Event

@@ -140,10 +140,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
     # Streamed initial lists (sendInitialEvents, Kubernetes 1.34+) instead of whole lists in memory at
     # once: at a thousand resources that halves the start-up memory peak.
     if config.watch_streaming == "auto":
-        settings.watching.initial_streaming = await asyncio.to_thread(memo.discovery.server_version) >= (1, 34)
+        settings.watching.initial_streaming = await asyncio.to_thread(controller.api.server_version) >= (1, 34)
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
-    controller.cache.set_istio_version(await asyncio.to_thread(memo.discovery.istio_version))
+    controller.cache.set_istio_version(await asyncio.to_thread(controller.api.istio_version))
     controller.start(istio=controller.cache.istio() is not None)
     memo.elector.start()
 

@@ -180,6 +180,7 @@ class FakeApi:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.resources: dict[tuple[str, str], str] = {(OWNER.namespace, OWNER.name): OWNER.uid}
+        self.istio: str | None = "v1"
         self._uids = itertools.count(1)
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +224,12 @@ class FakeApi:
 
     def exists(self, collection: str, namespace: str, name: str) -> bool:
         return False
+
+    def server_version(self) -> tuple[int, int]:
+        return (1, 35)
+
+    def istio_version(self) -> str | None:
+        return self.istio
 
     def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
         assert kind == names.MODEL_DEPLOYMENT
@@ -359,3 +366,15 @@ def test_a_child_created_again_and_again_is_reported(caplog: pytest.LogCaptureFi
         stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
         ctl.cache.forget_child(stable, "Deployment")
     assert "Deployment ml/sentiment-stable was created 5 times" in caplog.text
+
+
+def test_an_audit_after_a_relist_asks_again_whether_istio_is_installed() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    api.istio = None  # its CRDs went away while the CRD watch was away
+    ctl.audit()
+    assert ctl.cache.istio() is not None  # a periodic audit trusts the CRD watch
+    ctl.audit(rediscover=True)
+    assert ctl.cache.istio() is None
+    assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
