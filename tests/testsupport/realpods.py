@@ -15,7 +15,7 @@ import onnxruntime
 
 from testsupport.operator_harness import Harness
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
 assert _spec and _spec.loader
 tiny = importlib.util.module_from_spec(_spec)
