@@ -23,8 +23,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
 
-binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
-	bash hack/build-binaries.sh
+binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's) into ~/.cache/modeldeploy
+	bash hack/build-binaries.sh $$( [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null && echo --with-node )
 
 lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
