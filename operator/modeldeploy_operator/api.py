@@ -1,0 +1,91 @@
+"""What the controller and the leader election need from the Kubernetes API, as interfaces.
+
+`kube.Kube` implements them against the real API server; the unit tests implement them in memory.
+Nothing here imports the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from modeldeploy_operator.names import Kind
+
+# The Status cause the API server gives when it refuses to create objects in a namespace being deleted.
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
+
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.causes = causes  # the `reason` of each entry of the Status body's details.causes
+
+    @property
+    def namespace_going_away(self) -> bool:
+        """Refused because the namespace is being deleted (or already is): everything in it is going away."""
+        gone = self.status == 404 and self.message.startswith('namespaces "')
+        return gone or NAMESPACE_TERMINATING in self.causes
+
+
+def now_rfc3339() -> str:
+    """Seconds precision: what conditions' lastTransitionTime carries."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time() -> str:
+    """Microsecond precision (metav1.MicroTime): Lease renewals and Event times."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ChildApi(Protocol):
+    """Writes to the children and the resource's status: what one reconcile does."""
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool: ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def post_event(
+        self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
+    ) -> None: ...
+
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        """The uid of the named object, None when it does not exist."""
+        ...
+
+
+class InventoryApi(Protocol):
+    """Metadata-only reads: which objects exist, to check the watch cache against."""
+
+    def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]: ...
+
+    def exists(self, collection: str, namespace: str, name: str) -> bool: ...
+
+
+class DiscoveryApi(Protocol):
+    """What the API server offers: asked at start-up, and again when the cache is checked."""
+
+    def server_version(self) -> tuple[int, int]: ...
+
+    def istio_version(self) -> str | None: ...
+
+
+class ControllerApi(ChildApi, InventoryApi, DiscoveryApi, Protocol):
+    """Everything the controller uses."""
+
+
+class LeaseApi(Protocol):
+    """A coordination.k8s.io Lease: read, create, and replace with optimistic concurrency (409 on a race)."""
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]: ...
