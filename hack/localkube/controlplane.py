@@ -467,13 +467,20 @@ class LocalControlPlane:
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def stop(self) -> None:
-        """Stop every process (TERM, then KILL after 10 s), the real nodes, their network; remove the folder."""
-        for node in reversed(self.nodes):
-            node.stop()
-        stop_processes({name: p.pid for name, p in self.processes.items()}, self.processes)
-        self.processes.clear()
-        if self.network:
-            self.network.delete()
+        """Stop every process (TERM, then KILL after 10 s), the real nodes, their network; remove the folder.
+
+        A node that cannot be stopped completely (a mount that will not detach) does not keep the control
+        plane running or the network slot taken; its error is raised once the rest is stopped, and the
+        folder, with mounts still under it, is kept.
+        """
+        try:
+            for node in reversed(self.nodes):
+                node.stop()
+        finally:
+            stop_processes({name: p.pid for name, p in self.processes.items()}, self.processes)
+            self.processes.clear()
+            if self.network:
+                self.network.delete()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
@@ -489,11 +496,13 @@ class LocalControlPlane:
 def stop_from_state(state_dir: Path) -> None:
     """`down` for a detached cluster: everything its state file names, real nodes and network included."""
     state = json.loads((state_dir / "state.json").read_text())
-    for node in reversed(state.get("real_nodes", [])):
-        stop_node(Path(node["workdir"]), node["pids"], node["cgroup"], Path(node["containerd_socket"]))
-    stop_processes(state["pids"])
-    if state.get("network_slot") is not None:
-        NodeNetwork(state["network_slot"]).delete()
+    try:
+        for node in reversed(state.get("real_nodes", [])):
+            stop_node(Path(node["workdir"]), node["pids"], node["cgroup"], Path(node["containerd_socket"]))
+    finally:  # as in LocalControlPlane.stop: the rest stops even when a node cannot
+        stop_processes(state["pids"])
+        if state.get("network_slot") is not None:
+            NodeNetwork(state["network_slot"]).delete()
 
 
 def cluster_from_state(state_dir: Path) -> Cluster:

@@ -110,7 +110,13 @@ def tensor_from_list(tensor: str, datatype: str, shape: tuple[int, ...], data: A
                 raise InvalidTensorError(tensor, f"expected true/false for BOOL, got {_describe_kind(array)}")
             array = array.astype(np.bool_, copy=False)
         else:
-            array = np.array(data, dtype=dtype)
+            # Converting straight to ``dtype`` would parse strings ("0.5") as numbers: look first.
+            array = np.array(data)
+            if array.dtype.kind in "US" or (
+                array.dtype.kind == "O" and any(isinstance(item, str) for item in array.ravel())
+            ):
+                raise InvalidTensorError(tensor, f"expected numbers for {datatype}, got strings")
+            array = array.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidTensorError(
             tensor, f"data does not fit datatype {datatype} and shape {list(shape)}: {exc}"

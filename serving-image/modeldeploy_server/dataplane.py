@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "modeldeploy"
-EXTENSIONS = ("binary_tensor_data",)
 
 
 @dataclass
@@ -190,8 +189,9 @@ class DataPlane:
 
     # --- protocol operations -----------------------------------------------------------------------
 
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+    def server_metadata(self, extensions: Sequence[str] = ()) -> dict[str, Any]:
+        """Name and version; each front names the protocol extensions it speaks."""
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(extensions)}
 
     def _check_served(self, name: str, version: str | None) -> None:
         if name != self.name or (version is not None and version != MODEL_VERSION):

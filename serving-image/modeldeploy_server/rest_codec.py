@@ -30,6 +30,7 @@ from modeldeploy_server.errors import JSON_TYPE, InvalidInputError, InvalidTenso
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_TYPE = "application/octet-stream"
+EXTENSIONS = ("binary_tensor_data",)  # what the REST front adds to the protocol
 
 
 @dataclass(frozen=True)

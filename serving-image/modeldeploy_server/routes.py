@@ -20,6 +20,7 @@ from modeldeploy_server.openapi import (
     VersionParam,
     model_name_path,
 )
+from modeldeploy_server.rest_codec import EXTENSIONS
 
 
 def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
@@ -50,7 +51,7 @@ def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
 
     @router.get("/v2", tags=[TAG], response_model=ServerMetadataResponse, summary="Server metadata")
     async def server_metadata() -> Response:
-        return JSONResponse(plane.server_metadata())
+        return JSONResponse(plane.server_metadata(EXTENSIONS))
 
     async def model_metadata(model_name: served_model) -> Response:
         return JSONResponse(plane.model_metadata(model_name))

@@ -59,6 +59,14 @@ MLP_CASES: dict[str, tuple[Any, list[str]]] = {
         {"inputs": [{**good_mlp_input(), "data": ["x"] * 64}]},
         ["'input'", "FP32"],
     ),
+    "numbers as strings in a float tensor": (
+        {"inputs": [{**good_mlp_input(), "data": ["0.5"] * 64}]},
+        ["'input'", "FP32", "strings"],
+    ),
+    "numbers as strings among nulls in a float tensor": (
+        {"inputs": [{**good_mlp_input(), "data": [None, *(["0.5"] * 63)]}]},
+        ["'input'", "FP32", "strings"],
+    ),
     "null (non-finite) values": (
         {"inputs": [{**good_mlp_input(), "data": [None] * 64}]},
         ["'input'", "finite"],
