@@ -15,7 +15,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operator_harness import CRD, RULES, Harness, install_istio, uninstall_istio
+from operator_harness import (
+    CRD,
+    RULES,
+    Harness,
+    install_gateway_api,
+    install_istio,
+    uninstall_gateway_api,
+    uninstall_istio,
+)
 
 import localcluster
 
@@ -35,9 +43,18 @@ def istio(cluster: Cluster) -> None:
 
 @pytest.fixture
 def no_istio(cluster: Cluster) -> Iterator[None]:
+    """Neither router installed (the Gateway API is only installed by the tests that use it)."""
     uninstall_istio(cluster)
+    uninstall_gateway_api(cluster)
     yield
     install_istio(cluster)
+
+
+@pytest.fixture
+def gateway_api(cluster: Cluster) -> Iterator[None]:
+    install_gateway_api(cluster)
+    yield
+    uninstall_gateway_api(cluster)
 
 
 @pytest.fixture
