@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from modeldeploy_operator import names
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.api import ControllerApi, DiscoveryApi, KubeError, now_rfc3339
-from modeldeploy_operator.builders import IstioApi
+from modeldeploy_operator.builders import Routers
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
 from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children
@@ -61,33 +61,34 @@ class Controller:
 
     # Threads ---------------------------------------------------------------------------------------------
 
-    def start(self, istio: bool) -> None:
+    def start(self, routers: Routers) -> None:
         for index in range(self.config.workers):
             self._spawn(f"reconcile-{index}", self._work)
         self._spawn("resync", self._resync)
-        self._spawn("initial-sync", lambda: self._initial_sync(istio))
+        self._spawn("initial-sync", lambda: self._initial_sync(routers))
 
-    def _initial_sync(self, istio: bool) -> None:
+    def _initial_sync(self, routers: Routers) -> None:
         try:
-            self.wait_for_sync(istio)
+            self.wait_for_sync(routers)
         except Exception:
             log.exception("initial sync failed; starting with what the watches delivered so far")
         finally:
             self.cache.stop_tracking()
             self.synced.set()
 
-    def _inventory_targets(self, istio: bool) -> list[tuple[names.Kind, str | None]]:
+    def _inventory_targets(self, routers: Routers) -> list[tuple[names.Kind, str | None]]:
         managed = names.MANAGED_SELECTOR
         targets: list[tuple[names.Kind, str | None]] = [
             (names.MODEL_DEPLOYMENT, None), (names.CLAIM, None), (names.POD, managed),
             *((kind, managed) for kind in names.CORE_CHILD_KINDS),
         ]
-        if istio:
-            version = (self.cache.istio() or IstioApi()).version
-            targets += [(kind.at_version(version), managed) for kind in names.ISTIO_KINDS]
+        for kind in names.ROUTING_KINDS:
+            version = routers.version_of(kind)
+            if version is not None:
+                targets.append((kind.at_version(version), managed))
         return targets
 
-    def wait_for_sync(self, istio: bool, timeout: float = 180.0) -> None:
+    def wait_for_sync(self, routers: Routers, timeout: float = 180.0) -> None:
         """Hold the workers until the cache has seen every object that existed at start-up.
 
         The uids come from metadata-only lists; each one is either delivered by kopf's watches or was
@@ -95,7 +96,7 @@ class Controller:
         """
         expected: dict[str, tuple[str, str, str]] = {}
         namespaces: list[str | None] = list(self.config.namespaces) or [None]
-        for kind, selector in self._inventory_targets(istio):
+        for kind, selector in self._inventory_targets(routers):
             for namespace in namespaces:
                 while not self._stopping.is_set():
                     try:

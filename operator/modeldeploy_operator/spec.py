@@ -11,7 +11,7 @@ upgrade). Defaults live here, in code, and are never written back to the stored 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -27,6 +27,12 @@ QUANTITY_PATTERN = (
     r"|(\.[0-9]+))))?$"
 )
 GPU_RESOURCE = "nvidia.com/gpu"
+# Lowercase, as Istio requires (HTTP/2 sends header names in lowercase; Envoy compares them so).
+HEADER_NAME_PATTERN = r"^[a-z0-9][-a-z0-9_.]*$"
+# A DNS name, optionally with a leading wildcard label: what both a VirtualService and an HTTPRoute take.
+HOSTNAME_PATTERN = r"^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Gateway in the resource's namespace ("name") or another one ("namespace/name").
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
@@ -163,6 +169,53 @@ class Replicas(_Model):
         return self.effective_max > self.effective_min
 
 
+class HeaderMatch(_Model):
+    """One request header that sends a request to the canary (A/B testing): an exact value or a regex."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Header name, lowercase (e.g. x-model-variant).",
+        json_schema_extra=validations(
+            cel(f"self.matches('{HEADER_NAME_PATTERN}')",
+                "must be a lowercase HTTP header name: letters, digits, '-', '_' and '.'")
+        ),
+    )
+    exact: str | None = Field(default=None, max_length=4096, description="The value must equal this.")
+    regex: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The value must match this RE2 regular expression (the whole value, as Envoy matches it).",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.exact) != has(self.regex)", "set exactly one of exact and regex", reason="FieldValueInvalid")
+        )
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.match(HEADER_NAME_PATTERN, value):
+            raise ValueError("must be a lowercase HTTP header name: letters, digits, '-', '_' and '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> HeaderMatch:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError("set exactly one of exact and regex")
+        return self
+
+    def describe(self) -> str:
+        """`name: value` for an exact match, `name ~ regex` for a regex: how status and Events show it."""
+        return f"{self.name}: {self.exact}" if self.exact is not None else f"{self.name} ~ {self.regex}"
+
+
+MIRROR_NEEDS_NO_TRAFFIC = ("mirrorPercent needs trafficPercent 0: a shadow canary serves no live requests "
+                           "(set mirrorPercent to 0 when moving traffic to the canary)")
+
+
 class Canary(_Model):
     """A second model served next to the stable one and given a share of the requests."""
 
@@ -176,15 +229,31 @@ class Canary(_Model):
     replicas: Replicas | None = Field(
         default=None, description="Replica bounds for the canary track (default: spec.replicas)."
     )
+    headers: list[HeaderMatch] | None = Field(
+        default=None,
+        description="A/B testing: requests carrying any of these headers go to the canary whatever "
+        "trafficPercent says, so a user or cohort always gets the same model. Needs Istio or Gateway API routing.",
+        json_schema_extra={"maxItems": 8},
+    )
+    mirror_percent: int | None = Field(
+        default=None,
+        description="Shadow traffic: percent (0-100) of the stable model's requests also copied to the canary. "
+        "Callers only ever get the stable model's answer; the canary's is dropped, and its metrics (labelled "
+        "track=canary) show how it fared. A mirrored request runs twice: mind side effects and cost. Needs "
+        "trafficPercent 0 and Istio or Gateway API routing.",
+        json_schema_extra=_range_rule(0, 100),
+    )
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel("has(self.model)", "a canary needs a model: set spec.canary.model", ".model",
-                "FieldValueRequired")
+                "FieldValueRequired"),
+            cel("!has(self.mirrorPercent) || self.mirrorPercent == 0 || !has(self.trafficPercent) "
+                "|| self.trafficPercent == 0", MIRROR_NEEDS_NO_TRAFFIC, ".mirrorPercent"),
         )
     )
 
-    @field_validator("traffic_percent")
+    @field_validator("traffic_percent", "mirror_percent")
     @classmethod
     def _percent(cls, value: int | None) -> int | None:
         return _check_range(value, 0, 100)
@@ -193,11 +262,21 @@ class Canary(_Model):
     def _has_model(self) -> Canary:
         if self.model is None:
             raise ValueError("a canary needs a model: set spec.canary.model")
+        if self.mirror and self.weight:
+            raise ValueError(MIRROR_NEEDS_NO_TRAFFIC)
         return self
 
     @property
     def weight(self) -> int:
         return self.traffic_percent or 0
+
+    @property
+    def mirror(self) -> int:
+        return self.mirror_percent or 0
+
+    @property
+    def header_matches(self) -> list[HeaderMatch]:
+        return list(self.headers or [])
 
     @property
     def source(self) -> ModelSource:
@@ -308,20 +387,57 @@ class Batching(_Model):
         return _check_range(value, 0, 60000)
 
 
-class Istio(_Model):
-    """Routing through Istio, used when its CRDs are installed in the cluster."""
+RoutingBackend = Literal["Auto", "Istio", "GatewayAPI", "None"]
 
-    hosts: list[str] | None = Field(
+
+def _matches_each(values: list[str] | None, pattern: str, what: str) -> list[str] | None:
+    for value in values or []:
+        if not re.match(pattern, value):
+            raise ValueError(f"{value!r} {what}")
+    return values
+
+
+HOSTNAME_RULE = "must be a DNS name, optionally starting with '*.'"
+GATEWAY_RULE = "must name a Gateway as 'name' or 'namespace/name'"
+
+
+class Routing(_Model):
+    """Which API splits the requests between the tracks, and where outside traffic comes in."""
+
+    backend: RoutingBackend | None = Field(
         default=None,
-        description="Extra hosts for the VirtualService (e.g. an ingress name); the Service's own "
-        "cluster-local name is always included.",
-        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+        description="Auto (the default): Istio (VirtualService + DestinationRule) when its CRDs are installed, "
+        "else the Gateway API (HTTPRoute) when its CRDs are installed, else the Service alone. Istio or "
+        "GatewayAPI: that one only (nothing is written until its CRDs are installed). None: no routing "
+        "objects, the Service alone. Installing or removing the CRDs is picked up without a restart.",
     )
-    gateways: list[str] | None = Field(
+    hosts: list[Annotated[str, Field(
+        max_length=253, json_schema_extra=validations(cel(f"self.matches('{HOSTNAME_PATTERN}')", HOSTNAME_RULE))
+    )]] | None = Field(
         default=None,
-        description="Gateways (namespace/name) the VirtualService binds to; the mesh is always included.",
-        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+        description="Host names clients use through a gateway (VirtualService hosts, HTTPRoute hostnames). "
+        "The VirtualService always adds the Service's cluster-local name.",
+        json_schema_extra={"maxItems": 16},
     )
+    gateways: list[Annotated[str, Field(
+        max_length=253, json_schema_extra=validations(cel(f"self.matches('{GATEWAY_PATTERN}')", GATEWAY_RULE))
+    )]] | None = Field(
+        default=None,
+        description="Gateways the route attaches to, as name or namespace/name: Istio Gateways for the "
+        "VirtualService (the mesh is always included), Gateway API Gateways for the HTTPRoute's parentRefs "
+        "(none: the HTTPRoute attaches to the Service itself, for a mesh that implements GAMMA).",
+        json_schema_extra={"maxItems": 16},
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        return _matches_each(value, HOSTNAME_PATTERN, HOSTNAME_RULE)
+
+    @field_validator("gateways")
+    @classmethod
+    def _gateways(cls, value: list[str] | None) -> list[str] | None:
+        return _matches_each(value, GATEWAY_PATTERN, GATEWAY_RULE)
 
 
 class ModelDeploymentSpec(_Model):
@@ -352,7 +468,7 @@ class ModelDeploymentSpec(_Model):
         default=None, description="A Pod affinity stanza, passed through unchanged."
     )
     batching: Batching | None = Field(default=None, description="Dynamic batching in the server.")
-    istio: Istio | None = Field(default=None, description="Istio routing options.")
+    routing: Routing | None = Field(default=None, description="Request routing between the tracks.")
 
     @field_validator("gpu")
     @classmethod
@@ -377,6 +493,26 @@ class ModelDeploymentSpec(_Model):
     @property
     def canary_weight(self) -> int:
         return self.canary.weight if self.canary is not None else 0
+
+    @property
+    def routing_backend(self) -> RoutingBackend:
+        return (self.routing.backend if self.routing else None) or "Auto"
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.routing.hosts or []) if self.routing else []
+
+    @property
+    def gateways(self) -> list[str]:
+        return list(self.routing.gateways or []) if self.routing else []
+
+    @property
+    def canary_headers(self) -> list[HeaderMatch]:
+        return self.canary.header_matches if self.canary is not None else []
+
+    @property
+    def mirror_percent(self) -> int:
+        return self.canary.mirror if self.canary is not None else 0
 
     @property
     def effective_resources(self) -> Resources:
@@ -412,6 +548,21 @@ class Traffic(_Model):
     canary: int = Field(description="Percent of requests served by the canary model.")
 
 
+class RoutingStatus(_Model):
+    """Which API routes the requests and what it was told (the weights are in status.traffic)."""
+
+    backend: str = Field(description="Istio, GatewayAPI, or None when the Service alone spreads requests.")
+    resources: list[str] | None = Field(
+        default=None, description="The routing objects written, e.g. HTTPRoute/sentiment.",
+        json_schema_extra={"maxItems": 8},
+    )
+    canary_headers: list[str] | None = Field(
+        default=None, description="Header matches sent to the canary (name: value, or name ~ regex).",
+        json_schema_extra={"maxItems": 8},
+    )
+    mirror_percent: int | None = Field(default=None, description="Percent of stable's requests copied to the canary.")
+
+
 class ModelDeploymentStatus(_Model):
     """What the operator observed; written only through the status subresource."""
 
@@ -422,6 +573,7 @@ class ModelDeploymentStatus(_Model):
         json_schema_extra={"maxItems": 16, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     traffic: Traffic | None = Field(default=None, description="The request split in effect.")
+    routing: RoutingStatus | None = Field(default=None, description="Who routes the requests, and how.")
     url: str | None = Field(default=None, description="Where clients in the cluster reach the model.")
     ready_replicas: int | None = Field(default=None, description="Ready serving pods over both tracks.")
     desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")

@@ -84,7 +84,7 @@ def test_deleted_children_leave_the_cache() -> None:
     assert snapshot(cache).deployments == {}
 
 
-def test_claim_users_and_istio_switch() -> None:
+def test_claim_users_and_routing_switch() -> None:
     cache = WatchCache()
     cache.observe_resource(resource(1))
     assert cache.users_of_claim("ml", "models") == [("ml", "sentiment")]
@@ -92,12 +92,21 @@ def test_claim_users_and_istio_switch() -> None:
     assert snapshot(cache).claims == {"models": None}
     cache.observe_claim({"metadata": {"name": "models", "namespace": "ml"}, "status": {"phase": "Bound"}})
     assert snapshot(cache).claims == {"models": "Bound"}
-    assert cache.istio() is None
-    assert not cache.set_istio_crd("VirtualService", "v1")
-    assert cache.set_istio_crd("DestinationRule", "v1")
-    assert cache.istio() == builders.IstioApi("v1")
-    assert cache.set_istio_crd("VirtualService", None)
-    assert cache.istio() is None
+    assert cache.routers() == builders.Routers()
+    assert not cache.set_routing_crd("VirtualService", "v1")
+    assert cache.set_routing_crd("DestinationRule", "v1")
+    assert cache.routers() == builders.Routers(istio="v1")
+    assert cache.set_routing_crd("HTTPRoute", "v1")
+    assert snapshot(cache).routers == builders.Routers(istio="v1", gateway_api="v1")
+    assert cache.set_routing_crd("VirtualService", None)
+    assert cache.routers() == builders.Routers(gateway_api="v1")
+
+
+def test_discovery_fills_in_until_the_crd_watch_speaks() -> None:
+    cache = WatchCache()
+    assert cache.set_routing_crd("HTTPRoute", None)  is False  # the watch saw it deleted
+    cache.set_discovered(builders.Routers(istio="v1beta1", gateway_api="v1"))
+    assert cache.routers() == builders.Routers(istio="v1beta1")
 
 
 def test_spec_of_cached_resource_parses() -> None:
