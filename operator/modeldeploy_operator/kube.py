@@ -226,7 +226,10 @@ class Kube:
 
 
 def routing_version_of_crd(body: Mapping[str, Any]) -> str | None:
-    """The preferred served version of a routing CRD body (from the CRD watch)."""
+    """The preferred served version of a routing CRD body (from the CRD watch); None once it is being
+    deleted, as the API server then refuses new objects of its kind."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
     spec = body.get("spec") or {}
     return names.preferred_version(str(spec.get("group")), (v.get("name") for v in spec.get("versions", [])
                                                               if v.get("served")))

@@ -126,3 +126,16 @@ def test_initial_sync_tracks_seen_uids_until_stopped() -> None:
     cache.stop_tracking()
     cache.note_seen({"metadata": {"uid": "b"}})  # no longer recorded: nothing grows after start-up
     assert cache.unseen(["a", "b"]) == ["a", "b"]
+
+
+def test_a_routing_crd_being_deleted_counts_as_gone() -> None:
+    from modeldeploy_operator import kube
+
+    crd = {"metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+           "spec": {"group": "gateway.networking.k8s.io",
+                    "versions": [{"name": "v1beta1", "served": True}, {"name": "v1", "served": True}]}}
+    assert kube.routing_version_of_crd(crd) == "v1"
+    terminating = {**crd, "metadata": {**crd["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert kube.routing_version_of_crd(terminating) is None
+    assert kube.routing_version_of_crd({**crd, "spec": {**crd["spec"], "versions": [{"name": "v1beta1",
+                                                                                     "served": True}]}}) is None
