@@ -361,8 +361,8 @@ class LocalControlPlane:
             path.write_text(kubeconfig_yaml(self.server, pki.ca.cert_pem, _cert_user(pair)))
             path.chmod(0o600)
 
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
+    def _spawn(self, name: str, args: list[str], log_mode: str = "wb") -> None:
+        log = (self.workdir / f"{name}.log").open(log_mode)
         self.processes[name] = subprocess.Popen(
             [str(self.bin_dir / args[0]), *args[1:]],
             stdout=log,
@@ -373,6 +373,19 @@ class LocalControlPlane:
             preexec_fn=None if self.detach else _die_with_parent,
         )
         log.close()
+
+    def restart(self, name: str) -> None:
+        """SIGKILL one process and start it again with the same arguments, as after an OOM kill; for the
+        API server, return once /readyz answers again."""
+        process = self.processes[name]
+        argv = [str(arg) for arg in process.args]  # type: ignore[union-attr]  # always the list _spawn gave
+        process.kill()
+        process.wait(timeout=30)
+        self._spawn(name, [Path(argv[0]).name, *argv[1:]], log_mode="ab")
+        if self.detach:
+            self._write_state()
+        if name == "kube-apiserver":
+            self._wait_for_apiserver()
 
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
 
     with cluster_for(args.kubeconfig) as (cluster, local):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(routing_crds.istio_crds()))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
+                        "-f", str(routing_crds.istio_crds()))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                         "crd/modeldeployments.modeldeploy.dev", "crd/virtualservices.networking.istio.io",
                         "crd/destinationrules.networking.istio.io")

@@ -24,8 +24,7 @@ from typing import Any
 import kopf
 
 from modeldeploy_operator import kube, names
-from modeldeploy_operator.builders import Routers
-from modeldeploy_operator.controller import Runtime
+from modeldeploy_operator.controller import Controller, Runtime
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 ROUTING_CRDS = {names.crd_name(kind): kind.kind for kind in names.ROUTING_KINDS}
@@ -38,6 +37,16 @@ def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
     return (kind.group, kind.version, kind.plural) if kind.version else (kind.group, kind.plural)
 
 
+def noted(event: kopf.RawEvent, body: kopf.Body, memo: Runtime) -> Controller:
+    """Every watched object counts for the initial sync; a listing after it (type None: kopf re-lists a
+    watch that resumed too late) has the controller check its cache against the API server."""
+    controller = memo.controller
+    controller.cache.note_seen(body)
+    if event["type"] is None:
+        controller.relisted()
+    return controller
+
+
 def _resource_key(body: kopf.Body) -> tuple[str, str]:
     return (str(body.metadata.namespace), str(body.metadata.name))
 
@@ -46,8 +55,7 @@ def _resource_key(body: kopf.Body) -> tuple[str, str]:
 
 @kopf.on.event(*_selector(names.MODEL_DEPLOYMENT))
 async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.cache.forget_resource(_resource_key(body))
     elif controller.cache.observe_resource(body):
@@ -58,8 +66,7 @@ async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, *
 
 def _register_child(kind: names.Kind) -> None:
     async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-        controller = memo.controller
-        controller.cache.note_seen(body)
+        controller = noted(event, body, memo)
         if event["type"] == "DELETED":
             controller.enqueue(controller.cache.forget_child(body, kind.kind))
         else:
@@ -74,8 +81,7 @@ for _kind in names.CHILD_KINDS:
 
 @kopf.on.event(*_selector(names.POD), labels=MANAGED)
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.enqueue(controller.cache.forget_pod(body))
     else:
@@ -86,8 +92,7 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: A
 
 @kopf.on.event(*_selector(names.CLAIM))
 async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.enqueue_claim_users(*controller.cache.forget_claim(body))
     else:
@@ -135,14 +140,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
     # Streamed initial lists (sendInitialEvents, Kubernetes 1.34+) instead of whole lists in memory at
     # once: at a thousand resources that halves the start-up memory peak.
     if config.watch_streaming == "auto":
-        settings.watching.initial_streaming = await asyncio.to_thread(memo.discovery.server_version) >= (1, 34)
+        settings.watching.initial_streaming = await asyncio.to_thread(controller.api.server_version) >= (1, 34)
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
-    discovered = Routers(
-        istio=await asyncio.to_thread(memo.discovery.served_version, names.ISTIO_GROUP),
-        gateway_api=await asyncio.to_thread(memo.discovery.served_version, names.GATEWAY_API_GROUP),
-    )
-    controller.cache.set_discovered(discovered)
+    controller.cache.set_discovered(await asyncio.to_thread(controller.discover_routers))
     controller.start(controller.cache.routers())
     memo.elector.start()
 

@@ -24,6 +24,7 @@ from modeldeploy_operator.names import Kind
 
 log = logging.getLogger(__name__)
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
@@ -38,13 +39,15 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
 
 def _error(exc: ApiException) -> KubeError:
     reason, message = str(exc.reason or ""), str(exc.body or exc.reason or "")
+    causes: tuple[str, ...] = ()
     try:
         body = json.loads(exc.body) if exc.body else {}
         message = body.get("message", message)
         reason = body.get("reason", reason)
+        causes = tuple(str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or [])
     except (ValueError, TypeError, AttributeError):
         pass
-    return KubeError(int(exc.status or 0), reason, message)
+    return KubeError(int(exc.status or 0), reason, message, causes)
 
 
 class Kube:
@@ -78,6 +81,11 @@ class Kube:
         accept: str = "application/json",
     ) -> dict[str, Any]:
         headers = {"Accept": accept, "Content-Type": content_type}
+        if body is not None and content_type.endswith("yaml"):
+            # The client would send json.dumps(body): ASCII with surrogate-pair escapes for characters outside
+            # the Basic Multilingual Plane, which the API server's YAML decoder refuses. JSON is YAML, and
+            # UTF-8 is what both decoders read, so send the bytes ourselves.
+            body = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             method, url, headers, payload = self._api.param_serialize(
                 method=method, resource_path=path, query_params=list((query or {}).items()),
@@ -122,6 +130,15 @@ class Kube:
         return True
 
     # The resource itself --------------------------------------------------------------------------------
+
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        try:
+            found = self.request("GET", kind.path(namespace, name), accept=METADATA_OBJECT)
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        return str((found.get("metadata") or {}).get("uid", "")) or None
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the status stanza through the status subresource only: spec is never written."""

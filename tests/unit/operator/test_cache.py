@@ -131,7 +131,7 @@ def test_initial_sync_tracks_seen_uids_until_stopped() -> None:
 def test_a_routing_crd_being_deleted_counts_as_gone() -> None:
     from modeldeploy_operator import kube
 
-    crd = {"metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+    crd: dict[str, Any] = {"metadata": {"name": "httproutes.gateway.networking.k8s.io"},
            "spec": {"group": "gateway.networking.k8s.io",
                     "versions": [{"name": "v1beta1", "served": True}, {"name": "v1", "served": True}]}}
     assert kube.routing_version_of_crd(crd) == "v1"
