@@ -190,10 +190,16 @@ def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in document.items()}
 
 
-def _install(cluster: Cluster, path: Path, crd_names: tuple[str, ...]) -> None:
+def _install(cluster: Cluster, path: Path, crd_names: tuple[str, ...], timeout: float = 60.0) -> None:
+    """Apply, then wait until each CRD is Established (`kubectl wait` fails on one without status yet)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + timeout
     for name in crd_names:
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        while cluster.kubectl("get", "crd", name, "-o", query, check=False).stdout != "True":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established after {timeout}s")
+            time.sleep(0.2)
 
 
 ISTIO_CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
