@@ -17,19 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
+	@# The harness and the test helpers are importable in the venv (tests, benchmarks, demo): no path hacks.
+	printf '%s\n' "$(CURDIR)/hack" "$(CURDIR)/tests" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/modeldeploy-dev.pth"
 	touch $@
 
 venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
 
-binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
-	bash hack/build-binaries.sh
+binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's) into ~/.cache/modeldeploy
+	bash hack/build-binaries.sh $$( [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null && echo --with-node )
 
 lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/mypy hack tests/conftest.py tests/unit examples benchmarks
-	$(BIN)/mypy tests/integration  # each folder with a conftest.py is its own mypy run
-	$(BIN)/mypy tests/server
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
 generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
@@ -56,6 +55,9 @@ bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores)
 	$(PY) benchmarks/control_plane/bench_cluster.py
 	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
 	$(PY) benchmarks/operator/bench_operator.py
+	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then \
+		$(PY) benchmarks/realnode/bench_real_node.py; \
+	else echo "bench_real_node: skipped (a real node needs root and the packages .ci/run installs)"; fi
 
 demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
 	$(PY) hack/demo.py

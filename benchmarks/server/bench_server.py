@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import models
 import numpy as np
 import onnxruntime as ort
 
+from localcluster import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-import models  # noqa: E402
 
 CACHE = Path(os.environ.get("MODELDEPLOY_BENCH_CACHE", Path.home() / ".cache" / "modeldeploy" / "bench"))
 LUA = """
@@ -111,12 +111,6 @@ def find_wrk() -> str:
         if found:
             return found
     sys.exit("wrk is needed: install it (Debian/Ubuntu: apt-get install wrk)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -9,7 +9,6 @@ import hashlib
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from localcluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OPSET = [helper.make_opsetid("", 17)]
@@ -145,12 +146,6 @@ def build_dynamic(path: Path) -> Path:
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,12 +6,11 @@ import json
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import localcluster
+from localcluster import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -21,17 +20,6 @@ def pinned_kube_version() -> str:
         if line.startswith("KUBE_VERSION="):
             return line.split("=", 1)[1].strip()
     raise AssertionError("KUBE_VERSION is not pinned in hack/versions.env")
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
 def get_json(cluster: localcluster.Cluster, *args: str) -> dict[str, Any]:

@@ -6,34 +6,29 @@ A test fails if the operator was refused anything by RBAC.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from operator_harness import (
-    CRD,
-    RULES,
+import localcluster
+from testsupport.operator_harness import (
     Harness,
+    bind_operator_rules,
+    install_crd,
     install_gateway_api,
     install_istio,
+    refused_by_rbac,
     uninstall_gateway_api,
     uninstall_istio,
 )
-
-import localcluster
 
 Cluster = localcluster.Cluster
 
 
 @pytest.fixture(scope="session")
 def operator_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+    install_crd(cluster)
 
 
 @pytest.fixture
@@ -60,17 +55,7 @@ def gateway_api(cluster: Cluster) -> Iterator[None]:
 @pytest.fixture
 def harness(cluster: Cluster, namespace: str, operator_crds: None, tmp_path: Path) -> Iterator[Harness]:
     """A ServiceAccount bound to exactly the chart's rules; the operators started by the test run as it."""
-    rules = yaml.safe_load(RULES.read_text())
-    role_name = f"modeldeploy-operator-{namespace}"
-    cluster.apply_objects(
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": role_name}, "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": role_name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-         "subjects": [{"kind": "ServiceAccount", "name": "modeldeploy-operator", "namespace": namespace}]},
-    )
-    kubeconfig = cluster.service_account_kubeconfig(namespace, "modeldeploy-operator")
+    role_name, kubeconfig = bind_operator_rules(cluster, namespace)
     harness = Harness(cluster, namespace, tmp_path, kubeconfig)
     try:
         yield harness
@@ -82,5 +67,5 @@ def harness(cluster: Cluster, namespace: str, operator_crds: None, tmp_path: Pat
         cluster.kubectl("delete", "pv", "-l", f"test-namespace={namespace}", "--wait=false", check=False)
         if os.environ.get("MODELDEPLOY_TEST_SHOW_LOGS"):
             print(logs)
-    refused = [line for line in logs.splitlines() if "forbidden" in line.lower() or " 403 " in line]
+    refused = refused_by_rbac(logs)
     assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])

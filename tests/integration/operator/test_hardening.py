@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import CRD, Harness, Operator, manifest
 
 import localcluster
+from testsupport.operator_harness import CRD, Harness, Operator, manifest
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:

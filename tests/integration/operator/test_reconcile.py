@@ -7,7 +7,8 @@ import urllib.request
 from typing import Any
 
 import yaml
-from operator_harness import MANIFEST, SERVER_IMAGE, Harness, manifest
+
+from testsupport.operator_harness import MANIFEST, SERVER_IMAGE, Harness, manifest
 
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 

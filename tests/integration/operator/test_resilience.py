@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import Harness, install_istio, manifest
 
 import localcluster
+from testsupport.operator_harness import Harness, install_istio, manifest
 
 CASES = Path(__file__).resolve().parents[2] / "unit" / "operator"
 INVALID = yaml.safe_load((CASES / "invalid_specs.yaml").read_text())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from operator_harness import Harness, install_gateway_api, install_istio, manifest, uninstall_gateway_api
+from testsupport.operator_harness import Harness, install_gateway_api, install_istio, manifest, uninstall_gateway_api
 
 CANARY_MODEL = {"pvc": "models", "path": "sentiment/v2/model.onnx"}
 HEADERS = [{"name": "x-model-variant", "exact": "v2"}, {"name": "x-cohort", "regex": "beta-.*"}]

@@ -7,17 +7,13 @@ the resulting ModelDeployment in Lua 5.1.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modeldeploy_operator import builders, names, spec, status
 from modeldeploy_operator.config import ServingConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from argo_lua import run_health_check
+from testsupport.argo_lua import run_health_check
 
 NOW = "2026-01-01T00:00:00Z"
 STABLE_MODEL = {"pvc": "models", "path": "sentiment/v1/model.onnx"}

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from modeldeploy_operator import plugin
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from merge_patch import apply_merge_patch
+from testsupport.merge_patch import apply_merge_patch
 
 NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
 

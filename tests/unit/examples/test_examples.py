@@ -23,11 +23,8 @@ import pytest
 import yaml
 
 from modeldeploy_operator import plugin
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from merge_patch import apply_merge_patch
-
 from modeldeploy_operator.spec import ModelDeployment, check_name
+from testsupport.merge_patch import apply_merge_patch
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"

@@ -8,7 +8,6 @@ Argo CD executes the script with gopher-lua (Lua 5.1 semantics): the resource is
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,7 @@ import pytest
 import yaml
 
 from modeldeploy_operator import status as operator_status
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from argo_lua import SCRIPT, run_health_check
+from testsupport.argo_lua import SCRIPT, run_health_check
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = Path(__file__).resolve().parent / "health-fixtures"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ import yaml
 import localcluster
 import routing_crds
 
-REPO = Path(__file__).resolve().parents[3]
-FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "integration" / "operator" / "fixtures"
 CRD = REPO / "crds" / "modeldeployments.yaml"
 RULES = REPO / "charts" / "modeldeploy" / "files" / "clusterrole-rules.yaml"
 MANIFEST = FIXTURES / "modeldeployment.yaml"
@@ -32,20 +31,13 @@ Cluster = localcluster.Cluster
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Operator:
     """One operator process; `log()` returns what it printed so far."""
 
     def __init__(self, cluster: Cluster, kubeconfig: Path, log_path: Path, env: dict[str, str], args: list[str]):
         self.cluster = cluster
         self.log_path = log_path
-        self.liveness_port = free_port()
+        self.liveness_port = localcluster.free_port()
         self.env = {
             **cluster.env,
             "KUBECONFIG": str(kubeconfig),
@@ -188,6 +180,30 @@ def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
     document["spec"]["resources"] = {"requests": {"cpu": "50m", "memory": "64Mi"}}
     document["spec"].update(spec_overrides)
     return {k: v for k, v in document.items()}
+
+
+def bind_operator_rules(cluster: Cluster, namespace: str) -> tuple[str, Path]:
+    """A ServiceAccount bound to exactly the chart's rules; returns the role's name and its kubeconfig."""
+    rules = yaml.safe_load(RULES.read_text())
+    role_name = f"modeldeploy-operator-{namespace}"
+    cluster.apply_objects(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": role_name}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": role_name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+         "subjects": [{"kind": "ServiceAccount", "name": "modeldeploy-operator", "namespace": namespace}]},
+    )
+    return role_name, cluster.service_account_kubeconfig(namespace, "modeldeploy-operator")
+
+
+def refused_by_rbac(logs: str) -> list[str]:
+    return [line for line in logs.splitlines() if "forbidden" in line.lower() or " 403 " in line]
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
 
 
 def _install(cluster: Cluster, path: Path, crd_names: tuple[str, ...], timeout: float = 60.0) -> None:

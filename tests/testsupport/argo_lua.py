@@ -8,7 +8,7 @@ from typing import Any
 
 import lupa.lua51
 
-SCRIPT = Path(__file__).resolve().parents[3] / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
+SCRIPT = Path(__file__).resolve().parents[2] / "charts" / "modeldeploy" / "files" / "argocd-health.lua"
 
 
 def as_argo_values(value: Any) -> Any:

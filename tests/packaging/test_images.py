@@ -31,7 +31,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from localcluster import free_port
+
+REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "Dockerfile.server"
 OPERATOR = REPO / "Dockerfile.operator"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -567,13 +569,6 @@ def test_packages_are_imported_from_the_wheel_not_the_work_tree(
     result = run_in(venv, "python", "-c", f"import {module}; print({module}.__file__)")
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).resolve().is_relative_to(venv.resolve())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def test_installed_server_serves_a_model_and_passes_the_image_healthcheck(
