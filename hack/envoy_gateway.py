@@ -117,6 +117,23 @@ def _module_dir() -> Path:
     return routing_crds.module_dir(MODULE, version)
 
 
+def own_crds() -> Path:
+    """Envoy Gateway's CRDs (EnvoyProxy and its policies) from its CRD chart, without the chart's on/off
+    switch around each file; cached by pin."""
+    version, _ = _pins()
+    target = CACHE_ROOT / "routing-crds" / f"envoy-gateway-{version}.yaml"
+    if not target.exists():
+        generated = _module_dir() / "charts" / "gateway-crds-helm" / "templates" / "generated"
+        text = "".join(
+            "".join(line for line in path.read_text().splitlines(keepends=True) if not line.startswith("{{"))
+            for path in sorted(generated.glob("*.yaml"))
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.with_suffix(".partial").write_text(text)
+        target.with_suffix(".partial").replace(target)
+    return target
+
+
 def _chart(work: Path) -> Path:
     """The module's chart with its values template filled in (the release process does the same)."""
     version, _ = _pins()
@@ -157,8 +174,7 @@ def values(tags: dict[str, str]) -> dict[str, Any]:
 def install(cluster: Cluster, tags: dict[str, str], timeout: str = "300s") -> None:
     """The Gateway API's CRDs, Envoy Gateway's CRDs, then its chart (waits until the controller is ready)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(routing_crds.gateway_api_crds()))
-    generated = _module_dir() / "charts" / "gateway-crds-helm" / "templates" / "generated"
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(generated))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(own_crds()))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                     "httproutes.gateway.networking.k8s.io", "envoyproxies.gateway.envoyproxy.io")
     for tag in tags.values():
