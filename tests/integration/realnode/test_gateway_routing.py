@@ -85,6 +85,7 @@ def test_weights_split_real_requests_within_the_binomial_interval(serving: Servi
         # The pods counted exactly what the answers said.
         assert counted == {"stable": answered["stable"], "canary": answered["canary"]}, (counted, answered)
         low, high = binomial_bounds(REQUESTS, weight / 100)
+        print(f"weights {100 - weight}/{weight}: the pods counted {counted}; canary interval [{low:.0f}, {high:.0f}]")
         assert low <= counted["canary"] <= high, f"at {100 - weight}/{weight}: {counted} outside [{low}, {high}]"
         assert counted["stable"] + counted["canary"] == REQUESTS
         if weight < 100:
@@ -126,4 +127,6 @@ def test_header_goes_to_the_canary_and_mirrored_requests_never_reach_the_caller(
         return landed if now["stable"] - before["stable"] == REQUESTS and landed >= low else None
 
     mirrored = s.harness.eventually(copies, 30, "the mirrored copies on the canary's counter")
+    print(f"mirror 50%: {REQUESTS} requests answered by stable, {mirrored} copies counted by the canary; "
+          f"interval [{low:.0f}, {high:.0f}]")
     assert low <= mirrored <= high, f"{mirrored} copies of {REQUESTS} requests, outside [{low}, {high}]"
