@@ -45,8 +45,8 @@ unit: venv ## only the tests that need no control plane
 integration: venv binaries ## only the tests on the control plane (USE_EXISTING_CLUSTER=1 for kind)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
-cluster-up: venv binaries ## start a local control plane in the background; prints the KUBECONFIG to export
-	@$(PY) hack/localcluster.py up
+cluster-up: venv binaries ## start a local control plane in the background (REAL_NODE=1: with a real node); prints the KUBECONFIG
+	@$(PY) hack/localcluster.py up $(if $(REAL_NODE),--real-node)
 
 cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,8 +332,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 raise ClusterError(f"real node {self.name}: {name} exited with code {process.returncode}; "
                                    f"end of its log:\n{log}")
 
-    def _wait(self, what: str, ready: object, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        assert callable(ready)
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
