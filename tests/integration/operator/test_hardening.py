@@ -28,13 +28,14 @@ def test_text_outside_the_basic_multilingual_plane_is_applied_as_written(harness
     h.start_operator()
     h.bound_claim()
     spec = {"model": {"pvc": "models", "path": "v1/🚀.onnx"},
-            "canary": {"model": {"pvc": "models", "path": "v2/模型🚀.onnx"}, "trafficPercent": 10},
-            "istio": {"hosts": ["🚀.example"]}}
+            "canary": {"model": {"pvc": "models", "path": "v2/模型🚀.onnx"}, "trafficPercent": 10,
+                       "headers": [{"name": "x-rocket", "exact": "🚀"}]}}
     h.apply_manifest(manifest("rocket", **spec))
     h.wait_condition("rocket", "Ready", "True", timeout=90)
     assert env_of(h.get("deployment", "rocket-stable"))["MODEL_PATH"] == "/models/v1/🚀.onnx"
     assert env_of(h.get("deployment", "rocket-canary"))["MODEL_PATH"] == "/models/v2/模型🚀.onnx"
-    assert "🚀.example" in h.get("virtualservice", "rocket")["spec"]["hosts"]
+    header_rule = h.get("virtualservice", "rocket")["spec"]["http"][0]
+    assert header_rule["match"] == [{"headers": {"x-rocket": {"exact": "🚀"}}}]
 
 
 def test_a_child_the_api_server_refuses_is_named_with_its_field(harness: Harness, istio: None) -> None:
