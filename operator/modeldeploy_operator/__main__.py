@@ -1,13 +1,12 @@
 """`python -m modeldeploy_operator`: run the operator (kopf underneath).
 
-Settings come from MODELDEPLOY_* environment variables (see config.py); the flags below override
-the most common ones.
+Settings come from MODELDEPLOY_* environment variables (config.py; `python -m modeldeploy_operator.config`
+lists them); the flags below override the most common ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import socket
@@ -18,9 +17,9 @@ import uuid
 import kopf
 
 from modeldeploy_operator import config as configs
-from modeldeploy_operator.controller import Controller
+from modeldeploy_operator.controller import Controller, Elector, Runtime
 from modeldeploy_operator.kube import Kube
-from modeldeploy_operator.leader import LeaderElector
+from modeldeploy_operator.leader import LeaderElector, NoElection
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_leader_election:
         overrides["leader_election"] = False
     if overrides:
-        config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+        config = config.model_copy(update=overrides)
 
     level = logging.DEBUG if args.verbose else getattr(logging, config.log_level, logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -85,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         lost.set()
         stop_flag.set()
 
-    elector = LeaderElector(
-        api, config.lease_namespace, config.lease_name, identity,
-        config.lease_duration_seconds, config.renew_deadline_seconds, config.retry_period_seconds,
-        on_started=started_leading, on_stopped=stopped_leading,
-    )
-    if not config.leader_election:
-        elector = _AlwaysLeader(started_leading)  # type: ignore[assignment]
+    elector: Elector = NoElection(started_leading)
+    if config.leader_election:
+        elector = LeaderElector(
+            api, config.lease_namespace, config.lease_name, identity,
+            config.lease_duration_seconds, config.renew_deadline_seconds, config.retry_period_seconds,
+            on_started=started_leading, on_stopped=stopped_leading,
+        )
 
     from modeldeploy_operator import handlers  # noqa: F401 - registers the kopf handlers
 
@@ -105,28 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=config.liveness_endpoint,
-        memo=kopf.Memo(controller=controller, elector=elector, config=config, stop_flag=stop_flag),
+        memo=Runtime(controller=controller, elector=elector, discovery=api, config=config, stop_flag=stop_flag),
         stop_flag=stop_flag,
     )
     api.close()
     return 1 if lost.is_set() else 0
-
-
-class _AlwaysLeader:
-    """Stands in for the elector when leader election is off."""
-
-    def __init__(self, on_started: object) -> None:
-        self._on_started = on_started
-
-    def start(self) -> None:
-        assert callable(self._on_started)
-        self._on_started()
-
-    def stop(self) -> None:
-        return None
-
-    def alive(self) -> bool:
-        return True
 
 
 if __name__ == "__main__":

@@ -11,11 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from modeldeploy_operator import names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.names import (
+    HASH_ANNOTATION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_MD_NAME,
+    LABEL_NAME,
+    LABEL_TRACK,
+    MANAGED_BY,
+    SERVER_APP,
+)
 
 Track = Literal["stable", "canary"]
 TRACKS: tuple[Track, ...] = ("stable", "canary")
@@ -25,16 +37,6 @@ SERVICE_PORT = 80
 MODELS_MOUNT = "/models"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 CONTAINER_NAME = "server"
-
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_MD_NAME = "modeldeploy.dev/name"
-LABEL_TRACK = "modeldeploy.dev/track"
-SERVER_APP = "modeldeploy-server"
-MANAGED_BY = "modeldeploy"
-HASH_ANNOTATION = "modeldeploy.dev/applied-hash"
-MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 GPU_TOLERATION = {"key": specs.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
@@ -50,7 +52,7 @@ class Owner:
     uid: str
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Owner:
+    def from_body(cls, body: Mapping[str, Any]) -> Owner:
         meta = body["metadata"]
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
@@ -63,7 +65,7 @@ class IstioApi:
 
     @property
     def api_version(self) -> str:
-        return f"networking.istio.io/{self.version}"
+        return names.VIRTUAL_SERVICE.at_version(self.version).api_version
 
 
 def labels(owner: Owner, track: Track | None = None) -> dict[str, str]:
@@ -88,8 +90,8 @@ def selector_labels(owner: Owner, track: Track | None = None) -> dict[str, str]:
 
 def owner_reference(owner: Owner) -> dict[str, Any]:
     return {
-        "apiVersion": specs.API_VERSION,
-        "kind": specs.KIND,
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
         "name": owner.name,
         "uid": owner.uid,
         "controller": True,
@@ -152,6 +154,11 @@ def _intra_op_threads(resources: specs.Resources) -> int | None:
     if cores is None:
         return None
     return max(1, math.ceil(cores))
+
+
+def active_tracks(spec: specs.ModelDeploymentSpec) -> tuple[Track, ...]:
+    """The tracks that run: stable, and canary while one is configured."""
+    return TRACKS if spec.canary is not None else ("stable",)
 
 
 def model_source(spec: specs.ModelDeploymentSpec, track: Track) -> specs.ModelSource:
@@ -298,8 +305,8 @@ def deployment(owner: Owner, spec: specs.ModelDeploymentSpec, track: Track, conf
         # Only without an HPA: applying replicas would fight the autoscaler on every reconcile.
         deployment_spec["replicas"] = replicas.effective_min
     return _finish({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": names.DEPLOYMENT.api_version,
+        "kind": names.DEPLOYMENT.kind,
         "metadata": _metadata(owner, child_name(owner, track), track),
         "spec": deployment_spec,
     })
@@ -310,11 +317,12 @@ def horizontal_pod_autoscaler(owner: Owner, spec: specs.ModelDeploymentSpec, tra
     if not replicas.autoscaled:
         return None
     return _finish({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
+        "apiVersion": names.HPA.api_version,
+        "kind": names.HPA.kind,
         "metadata": _metadata(owner, child_name(owner, track), track),
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": child_name(owner, track)},
+            "scaleTargetRef": {"apiVersion": names.DEPLOYMENT.api_version, "kind": names.DEPLOYMENT.kind,
+                               "name": child_name(owner, track)},
             "minReplicas": replicas.effective_min,
             "maxReplicas": replicas.effective_max,
             "metrics": [{
@@ -327,10 +335,8 @@ def horizontal_pod_autoscaler(owner: Owner, spec: specs.ModelDeploymentSpec, tra
 
 def service_tracks(spec: specs.ModelDeploymentSpec, istio: IstioApi | None) -> tuple[Track, ...]:
     """Which tracks the Service sends to: all with Istio (subsets split), else by the requested weight."""
-    if spec.canary is None:
-        return ("stable",)
-    if istio is not None:
-        return TRACKS
+    if spec.canary is None or istio is not None:
+        return active_tracks(spec)
     if spec.canary_weight == 0:
         return ("stable",)
     if spec.canary_weight == 100:
@@ -342,8 +348,8 @@ def service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi | Non
     tracks = service_tracks(spec, istio)
     selector = selector_labels(owner, tracks[0] if len(tracks) == 1 else None)
     return _finish({
-        "apiVersion": "v1",
-        "kind": "Service",
+        "apiVersion": names.SERVICE.api_version,
+        "kind": names.SERVICE.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": {
             "type": "ClusterIP",
@@ -361,8 +367,8 @@ def service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi | Non
 
 def pod_disruption_budget(owner: Owner) -> Manifest:
     return _finish({
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
+        "apiVersion": names.PDB.api_version,
+        "kind": names.PDB.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": {
             # One pod at a time: drains proceed even with a single replica, never all at once.
@@ -377,7 +383,7 @@ def pod_disruption_budget(owner: Owner) -> Manifest:
 def destination_rule(owner: Owner, istio: IstioApi, config: ServingConfig) -> Manifest:
     return _finish({
         "apiVersion": istio.api_version,
-        "kind": "DestinationRule",
+        "kind": names.DESTINATION_RULE.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": {
             "host": service_host(owner, config),
@@ -394,22 +400,18 @@ def weights(spec: specs.ModelDeploymentSpec) -> dict[str, int]:
 def virtual_service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi, config: ServingConfig) -> Manifest:
     host = service_host(owner, config)
     split = weights(spec)
-    tracks: tuple[Track, ...] = TRACKS if spec.canary is not None else ("stable",)
-    routes = [{"destination": {"host": host, "subset": track}, "weight": split[track]} for track in tracks]
+    routes = [{"destination": {"host": host, "subset": track}, "weight": split[track]}
+              for track in active_tracks(spec)]
     extra_hosts = [h for h in (spec.istio.hosts if spec.istio and spec.istio.hosts else []) if h != host]
     vs_spec: dict[str, Any] = {"hosts": [host, *extra_hosts], "http": [{"name": "traffic", "route": routes}]}
     if spec.istio is not None and spec.istio.gateways:
         vs_spec["gateways"] = [*spec.istio.gateways, "mesh"]
     return _finish({
         "apiVersion": istio.api_version,
-        "kind": "VirtualService",
+        "kind": names.VIRTUAL_SERVICE.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": vs_spec,
     })
-
-
-def active_tracks(spec: specs.ModelDeploymentSpec) -> tuple[Track, ...]:
-    return TRACKS if spec.canary is not None else ("stable",)
 
 
 def desired_children(
@@ -432,5 +434,5 @@ def desired_children(
 
 def claims(spec: specs.ModelDeploymentSpec) -> list[str]:
     """The claims the pods mount, in track order, without repeats."""
-    names = [model_source(spec, track).pvc for track in active_tracks(spec)]
-    return list(dict.fromkeys(names))
+    claim_names = [model_source(spec, track).pvc for track in active_tracks(spec)]
+    return list(dict.fromkeys(claim_names))

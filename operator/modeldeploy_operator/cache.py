@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy_operator import builders, kube
+from modeldeploy_operator import builders, names
+from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.builders import IstioApi
 
@@ -27,6 +28,11 @@ class ResourceEntry:
     body: dict[str, Any]  # metadata (name, namespace, uid, generation, deletionTimestamp) and spec
     status: dict[str, Any] | None
     generation: int
+    spec: specs.ModelDeploymentSpec | str  # parsed once per change; a str says why it is unusable
+
+    @property
+    def claims(self) -> list[str]:
+        return builders.claims(self.spec) if isinstance(self.spec, specs.ModelDeploymentSpec) else []
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,30 @@ class OwnerChildren:
     pods: dict[str, statuses.PodView] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One ModelDeployment and everything the cache holds about it, read at once: what a reconcile decides on."""
+
+    key: Key
+    body: Mapping[str, Any]  # metadata and spec, as stored
+    status: Mapping[str, Any] | None
+    generation: int
+    spec: specs.ModelDeploymentSpec | str  # a str says why the stored spec is unusable
+    children: Mapping[ChildId, ChildEntry]
+    deployments: Mapping[str, statuses.DeploymentView]  # track -> view
+    pods: tuple[statuses.PodView, ...]
+    claims: Mapping[str, str | None]  # claim -> phase, None when missing
+    istio: IstioApi | None
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.body["metadata"].get("deletionTimestamp"))
+
+
 def _foreign_spec_edit(body: Mapping[str, Any]) -> bool:
     """A manager other than us wrote spec fields on the main resource (kubectl edit/patch/apply)."""
     for entry in body.get("metadata", {}).get("managedFields") or []:
-        if entry.get("manager") == kube.FIELD_MANAGER or entry.get("subresource"):
+        if entry.get("manager") == names.FIELD_MANAGER or entry.get("subresource"):
             continue
         if "f:spec" in (entry.get("fieldsV1") or {}):
             return True
@@ -58,7 +84,7 @@ def _foreign_spec_edit(body: Mapping[str, Any]) -> bool:
 
 def owner_key(body: Mapping[str, Any]) -> Key | None:
     meta = body.get("metadata", {})
-    owner = (meta.get("labels") or {}).get(builders.LABEL_MD_NAME)
+    owner = (meta.get("labels") or {}).get(names.LABEL_MD_NAME)
     if not owner or not meta.get("namespace"):
         return None
     return (meta["namespace"], owner)
@@ -108,7 +134,11 @@ class WatchCache:
         status = dict(body.get("status") or {}) or None
         with self._lock:
             before = self._resources.get(key)
-            self._resources[key] = ResourceEntry(_slim(body), status, generation)
+        slim = _slim(body)
+        unchanged = before is not None and before.body["spec"] == slim["spec"]
+        spec = before.spec if unchanged and before is not None else specs.validate(meta["name"], slim["spec"])
+        with self._lock:
+            self._resources[key] = ResourceEntry(slim, status, generation, spec)
         if before is None or before.generation != generation:
             return True
         if meta.get("deletionTimestamp"):
@@ -119,9 +149,25 @@ class WatchCache:
         with self._lock:
             self._resources.pop(key, None)
 
-    def resource(self, key: Key) -> ResourceEntry | None:
+    def snapshot(self, key: Key) -> Snapshot | None:
+        """Everything about one ModelDeployment, consistent under one lock; None when it is not known."""
         with self._lock:
-            return self._resources.get(key)
+            entry = self._resources.get(key)
+            if entry is None:
+                return None
+            owner = self._owners.get(key) or OwnerChildren()
+            return Snapshot(
+                key=key,
+                body=entry.body,
+                status=entry.status,
+                generation=entry.generation,
+                spec=entry.spec,
+                children=dict(owner.children),
+                deployments=dict(owner.deployments),
+                pods=tuple(owner.pods.values()),
+                claims={claim: self._claims.get((key[0], claim)) for claim in entry.claims},
+                istio=self._istio_locked(),
+            )
 
     def resource_keys(self) -> list[Key]:
         with self._lock:
@@ -136,14 +182,7 @@ class WatchCache:
 
     def users_of_claim(self, namespace: str, claim: str) -> list[Key]:
         with self._lock:
-            entries = [(k, e) for k, e in self._resources.items() if k[0] == namespace]
-        users = []
-        for key, entry in entries:
-            spec = entry.body.get("spec", {})
-            claims = {spec.get("model", {}).get("pvc"), ((spec.get("canary") or {}).get("model") or {}).get("pvc")}
-            if claim in claims:
-                users.append(key)
-        return users
+            return [key for key, entry in self._resources.items() if key[0] == namespace and claim in entry.claims]
 
     # Children --------------------------------------------------------------------------------------------
 
@@ -159,12 +198,12 @@ class WatchCache:
             kind=kind,
             name=meta["name"],
             uid=meta.get("uid", ""),
-            applied_hash=(meta.get("annotations") or {}).get(builders.HASH_ANNOTATION),
+            applied_hash=(meta.get("annotations") or {}).get(names.HASH_ANNOTATION),
             foreign_edit=_foreign_spec_edit(body),
             replicas=replicas,
         )
         view = statuses.summarize_deployment(body) if kind == "Deployment" else None
-        track = (meta.get("labels") or {}).get(builders.LABEL_TRACK)
+        track = (meta.get("labels") or {}).get(names.LABEL_TRACK)
         with self._lock:
             owner = self._owners.setdefault(key, OwnerChildren())
             owner.children[(kind, meta["name"])] = entry
@@ -177,7 +216,7 @@ class WatchCache:
         if key is None:
             return None
         kind, name = kind or str(body.get("kind", "")), body["metadata"]["name"]
-        track = (body["metadata"].get("labels") or {}).get(builders.LABEL_TRACK)
+        track = (body["metadata"].get("labels") or {}).get(names.LABEL_TRACK)
         with self._lock:
             owner = self._owners.get(key)
             if owner is not None:
@@ -211,21 +250,6 @@ class WatchCache:
         if not owner.children and not owner.pods:
             self._owners.pop(key, None)
 
-    def children(self, key: Key) -> dict[ChildId, ChildEntry]:
-        with self._lock:
-            owner = self._owners.get(key)
-            return dict(owner.children) if owner else {}
-
-    def deployments(self, key: Key) -> dict[str, statuses.DeploymentView]:
-        with self._lock:
-            owner = self._owners.get(key)
-            return dict(owner.deployments) if owner else {}
-
-    def pods(self, key: Key) -> list[statuses.PodView]:
-        with self._lock:
-            owner = self._owners.get(key)
-            return list(owner.pods.values()) if owner else []
-
     # Claims and Istio ------------------------------------------------------------------------------------
 
     def observe_claim(self, body: Mapping[str, Any]) -> tuple[str, str]:
@@ -239,10 +263,6 @@ class WatchCache:
         with self._lock:
             self._claims.pop((meta["namespace"], meta["name"]), None)
         return meta["namespace"], meta["name"]
-
-    def claim_phases(self, namespace: str, claims: list[str]) -> dict[str, str | None]:
-        with self._lock:
-            return {claim: self._claims.get((namespace, claim)) for claim in claims}
 
     def set_istio_crd(self, kind: str, version: str | None) -> bool:
         """Record one Istio CRD's presence; True when routing availability changed."""
@@ -259,11 +279,11 @@ class WatchCache:
         """The start-up discovery answer, used until the CRD watch has spoken."""
         with self._lock:
             if not self._istio_known:
-                self._istio_crds = {} if version is None else dict.fromkeys(kube.ISTIO_PLURALS, version)
+                self._istio_crds = {} if version is None else {kind.kind: version for kind in names.ISTIO_KINDS}
 
     def _istio_locked(self) -> IstioApi | None:
-        if all(kind in self._istio_crds for kind in kube.ISTIO_PLURALS):
-            return IstioApi(self._istio_crds["VirtualService"])
+        if all(kind.kind in self._istio_crds for kind in names.ISTIO_KINDS):
+            return IstioApi(self._istio_crds[names.VIRTUAL_SERVICE.kind])
         return None
 
     def istio(self) -> IstioApi | None:

@@ -1,8 +1,8 @@
 """Level-triggered reconciliation: watch events queue a resource key, workers converge it.
 
-Each reconcile reads the desired state from the spec (builders), compares it with the watch cache,
-applies only the children that differ (server-side apply, so a re-apply is harmless anyway), deletes
-the children that are no longer wanted, and writes the status subresource if it changed. It is
+Each reconcile reads one snapshot of the watch cache, lets the pure `reconcile` module decide what to
+apply (only the children that differ; server-side apply makes a re-apply harmless anyway), what to
+delete and what status to write, then acts on the API through the `api.ControllerApi` interface. It is
 idempotent and keyed by name, so being killed half-way and restarted simply converges again.
 """
 
@@ -13,50 +13,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-from modeldeploy_operator import builders, kube
-from modeldeploy_operator import spec as specs
+from modeldeploy_operator import names
 from modeldeploy_operator import status as statuses
-from modeldeploy_operator.cache import ChildEntry, Key, WatchCache
+from modeldeploy_operator.api import ControllerApi, DiscoveryApi, KubeError, now_rfc3339
+from modeldeploy_operator.builders import IstioApi
+from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
-from modeldeploy_operator.kube import Kube, KubeError
+from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children
 from modeldeploy_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-CHILD_KINDS = {
-    "Deployment": kube.DEPLOYMENT,
-    "HorizontalPodAutoscaler": kube.HPA,
-    "Service": kube.SERVICE,
-    "PodDisruptionBudget": kube.PDB,
-}
-
-
-def needs_apply(manifest: dict[str, Any], observed: ChildEntry | None) -> bool:
-    """Apply when the child is missing, differs from what we would apply, or was edited by hand."""
-    if observed is None or observed.foreign_edit:
-        return True
-    if observed.applied_hash != manifest["metadata"]["annotations"][builders.HASH_ANNOTATION]:
-        return True
-    wanted_replicas = manifest.get("spec", {}).get("replicas")
-    return manifest["kind"] == "Deployment" and wanted_replicas is not None and observed.replicas != wanted_replicas
-
-
-def format_validation_error(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item.get("loc", ()))
-        parts.append(f"spec.{where}: {item.get('msg')}" if where else str(item.get("msg")))
-    return "; ".join(parts)
-
 
 class Controller:
-    def __init__(self, api: Kube, config: OperatorConfig, identity: str) -> None:
-        self.kube = api
+    """Queues keys from watch events; worker threads converge each key through `reconcile`."""
+
+    def __init__(self, api: ControllerApi, config: OperatorConfig, identity: str) -> None:
+        self.api = api
         self.config = config
+        self.serving = config.serving
         self.identity = identity
         self.cache = WatchCache()
         self.queue: WorkQueue[Key] = WorkQueue()
@@ -98,16 +76,15 @@ class Controller:
             self.cache.stop_tracking()
             self.synced.set()
 
-    def _inventory_targets(self, istio: bool) -> list[tuple[kube.Kind, str | None]]:
-        managed = builders.MANAGED_SELECTOR
-        targets: list[tuple[kube.Kind, str | None]] = [
-            (kube.MODEL_DEPLOYMENT, None), (kube.CLAIM, None), (kube.POD, managed),
-            *((kind, managed) for kind in CHILD_KINDS.values()),
+    def _inventory_targets(self, istio: bool) -> list[tuple[names.Kind, str | None]]:
+        managed = names.MANAGED_SELECTOR
+        targets: list[tuple[names.Kind, str | None]] = [
+            (names.MODEL_DEPLOYMENT, None), (names.CLAIM, None), (names.POD, managed),
+            *((kind, managed) for kind in names.CORE_CHILD_KINDS),
         ]
         if istio:
-            version = self.cache.istio()
-            api_version = version.api_version if version else "networking.istio.io/v1"
-            targets += [(kube.Kind(api_version, kind, plural), managed) for kind, plural in kube.ISTIO_PLURALS.items()]
+            version = (self.cache.istio() or IstioApi()).version
+            targets += [(kind.at_version(version), managed) for kind in names.ISTIO_KINDS]
         return targets
 
     def wait_for_sync(self, istio: bool, timeout: float = 180.0) -> None:
@@ -122,7 +99,7 @@ class Controller:
             for namespace in namespaces:
                 while not self._stopping.is_set():
                     try:
-                        expected.update(self.kube.list_uids(kind.collection(namespace), selector))
+                        expected.update(self.api.list_uids(kind.collection(namespace), selector))
                         break
                     except KubeError as error:
                         log.warning("listing %s for the initial sync failed, retrying: %s", kind.plural, error)
@@ -141,7 +118,7 @@ class Controller:
                 for uid in missing[:100]:
                     collection, namespace, name = expected[uid]
                     with contextlib.suppress(KubeError):
-                        if not self.kube.exists(collection, namespace, name):
+                        if not self.api.exists(collection, namespace, name):
                             expected.pop(uid)
             self._stopping.wait(0.2)
         log.info("initial sync done: %d objects in the cache", len(expected))
@@ -199,83 +176,77 @@ class Controller:
         while not self._stopping.wait(self.config.resync_seconds):
             self.enqueue_all()
 
-    # Reconcile (worker threads) --------------------------------------------------------------------------
+    # Reconcile (worker threads): read once, decide once, act once ----------------------------------------
 
     def reconcile(self, key: Key) -> bool:
         """Converge one resource; False when some child could not be applied (the status says why)."""
-        entry = self.cache.resource(key)
-        if entry is None or entry.body["metadata"].get("deletionTimestamp"):
+        snapshot = self.cache.snapshot(key)
+        if snapshot is None or snapshot.deleting:
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
-        body = entry.body
-        owner = builders.Owner.from_body(body)
-        now = kube.now_rfc3339()
-        try:
-            specs.check_name(owner.name)
-            spec = specs.parse_spec(body.get("spec"))
-        except (ValidationError, ValueError) as error:
-            message = format_validation_error(error) if isinstance(error, ValidationError) else str(error)
-            self._write_status(key, body, entry.status,
-                               statuses.invalid_spec_status(entry.generation, message, entry.status, now))
-            return True  # nothing to retry until the spec changes
-        istio = self.cache.istio()
-        desired = builders.desired_children(owner, spec, self.config.serving, istio)
-        observed = self.cache.children(key)
+        plan = plan_children(snapshot, self.serving)
+        outcome = self._act(plan)
+        update = next_status(snapshot, self.serving, now_rfc3339(), outcome)
+        if update is not None:
+            self._write_status(snapshot, update)
+        return not outcome.errors
+
+    def _act(self, plan: Plan) -> Outcome:
         errors: dict[str, str] = {}
-        for manifest in desired:
-            child_id = (manifest["kind"], manifest["metadata"]["name"])
-            if not needs_apply(manifest, observed.get(child_id)):
-                continue
+        applied: dict[str, statuses.DeploymentView] = {}
+        for manifest in plan.apply:
+            kind, meta = manifest["kind"], manifest["metadata"]
             try:
-                response = self.kube.apply(manifest)
-                self.applies += 1
-                self.cache.observe_child(response)
+                response = self.api.apply(manifest)
             except KubeError as error:
                 if error.status == 0:
                     raise  # the API server is unreachable: nothing else will work either
                 # Refused or failing server-side (quota, webhook, full service IP range...): say so in status.
-                errors[f"{child_id[0]}/{child_id[1]}"] = error.message
-                log.error("applying %s %s/%s failed: %s", child_id[0], owner.namespace, child_id[1], error)
-        wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
-        for child_id, child in observed.items():
-            if child_id in wanted:
+                errors[f"{kind}/{meta['name']}"] = error.message
+                log.error("applying %s %s/%s failed: %s", kind, meta["namespace"], meta["name"], error)
                 continue
-            kind = CHILD_KINDS.get(child.kind)
-            if kind is None and child.kind in kube.ISTIO_PLURALS and istio is not None:
-                kind = kube.Kind(istio.api_version, child.kind, kube.ISTIO_PLURALS[child.kind])
-            if kind is None:
-                continue
-            log.info("deleting %s %s/%s: no longer wanted", child.kind, owner.namespace, child.name)
-            self.kube.delete(kind, owner.namespace, child.name, child.uid)
-        observation = statuses.Observation(
-            owner=owner,
-            generation=entry.generation,
-            spec=spec,
-            claims=self.cache.claim_phases(owner.namespace, builders.claims(spec)),
-            deployments=self.cache.deployments(key),
-            pods=self.cache.pods(key),
-            istio=istio,
-            apply_errors=errors,
-        )
-        new_status = statuses.compute_status(observation, entry.status, now, self.config.serving)
-        self._write_status(key, body, entry.status, new_status)
-        return not errors
+            self.applies += 1
+            self.cache.observe_child(response)
+            track = meta["labels"].get(names.LABEL_TRACK)
+            if kind == names.DEPLOYMENT.kind and track:
+                applied[track] = statuses.summarize_deployment(response)
+        for child in plan.delete:
+            log.info("deleting %s %s/%s: no longer wanted", child.kind.kind, child.namespace, child.name)
+            self.api.delete(child.kind, child.namespace, child.name, child.uid)
+        return Outcome(errors, applied)
 
-    def _write_status(
-        self, key: Key, body: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]
-    ) -> None:
-        if statuses.same_status(before, after):
-            return
+    def _write_status(self, snapshot: Snapshot, update: StatusUpdate) -> None:
+        namespace, name = snapshot.key
         try:
-            self.kube.patch_status(key[0], key[1], after)
+            self.api.patch_status(namespace, name, update.status)
         except KubeError as error:
             if error.status == 404:
                 return  # deleted meanwhile
             raise
-        self.cache.record_status(key, after)
-        for note in statuses.transitions(before, after):
+        self.cache.record_status(snapshot.key, update.status)
+        for note in update.events:
             try:
-                self.kube.post_event(body, note.type, note.reason, note.message, self.identity)
+                self.api.post_event(snapshot.body, note.type, note.reason, note.message, self.identity)
             except KubeError as error:
-                log.warning("could not post event %s on %s/%s: %s", note.reason, *key, error)
+                log.warning("could not post event %s on %s/%s: %s", note.reason, namespace, name, error)
 
+
+class Elector(Protocol):
+    """Decides when this process may act: a Lease election, or always (`leader.NoElection`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The operator's parts, handed to every kopf handler as its `memo`."""
+
+    controller: Controller
+    elector: Elector
+    discovery: DiscoveryApi
+    config: OperatorConfig
+    stop_flag: threading.Event

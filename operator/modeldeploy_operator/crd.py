@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from modeldeploy_operator import names
 from modeldeploy_operator import spec as specs
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "modeldeployments.yaml"
@@ -88,8 +89,8 @@ def _root_schema() -> dict[str, Any]:
         "description": specs.ModelDeployment.__doc__,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "modeldeploy.dev/v1alpha1"},
-            "kind": {"type": "string", "description": "ModelDeployment"},
+            "apiVersion": {"type": "string", "description": names.API_VERSION},
+            "kind": {"type": "string", "description": names.KIND},
             "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
@@ -117,23 +118,23 @@ def build_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{specs.PLURAL}.{specs.GROUP}",
+            "name": f"{names.PLURAL}.{names.GROUP}",
             "labels": {"app.kubernetes.io/name": "modeldeploy", "app.kubernetes.io/part-of": "modeldeploy"},
         },
         "spec": {
-            "group": specs.GROUP,
+            "group": names.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": specs.KIND,
-                "listKind": f"{specs.KIND}List",
-                "plural": specs.PLURAL,
-                "singular": specs.SINGULAR,
-                "shortNames": specs.SHORT_NAMES,
-                "categories": specs.CATEGORIES,
+                "kind": names.KIND,
+                "listKind": f"{names.KIND}List",
+                "plural": names.PLURAL,
+                "singular": names.SINGULAR,
+                "shortNames": list(names.SHORT_NAMES),
+                "categories": list(names.CATEGORIES),
             },
             "versions": [
                 {
-                    "name": specs.VERSION,
+                    "name": names.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

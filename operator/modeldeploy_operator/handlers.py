@@ -23,32 +23,18 @@ from typing import Any
 
 import kopf
 
-from modeldeploy_operator import builders, kube
-from modeldeploy_operator import spec as specs
-from modeldeploy_operator.controller import Controller
+from modeldeploy_operator import kube, names
+from modeldeploy_operator.controller import Runtime
 
-MANAGED = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY}
-CHILD_RESOURCES: list[tuple[str, str, str, str]] = [  # group, version, plural, kind
-    ("apps", "v1", "deployments", "Deployment"),
-    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
-    ("", "v1", "services", "Service"),
-    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
-    (kube.ISTIO_GROUP, "", "virtualservices", "VirtualService"),
-    (kube.ISTIO_GROUP, "", "destinationrules", "DestinationRule"),
-]
-ISTIO_CRDS = {f"{plural}.{kube.ISTIO_GROUP}": kind for kind, plural in kube.ISTIO_PLURALS.items()}
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+ISTIO_CRDS = {names.istio_crd_name(kind): kind.kind for kind in names.ISTIO_KINDS}
 
 
-def _selector(group: str, version: str, plural: str) -> tuple[str, str] | tuple[str, str, str]:
+def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
     """Arguments for kopf's resource selectors (core group as 'v1'; Istio at any served version)."""
-    if not group:
-        return (version, plural)
-    return (group, version, plural) if version else (group, plural)
-
-
-def controller_of(memo: Any) -> Controller:
-    controller: Controller = memo.controller
-    return controller
+    if not kind.group:
+        return (kind.version, kind.plural)
+    return (kind.group, kind.version, kind.plural) if kind.version else (kind.group, kind.plural)
 
 
 def _resource_key(body: kopf.Body) -> tuple[str, str]:
@@ -57,9 +43,9 @@ def _resource_key(body: kopf.Body) -> tuple[str, str]:
 
 # The ModelDeployments ---------------------------------------------------------------------------------------
 
-@kopf.on.event(specs.GROUP, specs.VERSION, specs.PLURAL)
-async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller = controller_of(memo)
+@kopf.on.event(*_selector(names.MODEL_DEPLOYMENT))
+async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
     controller.cache.note_seen(body)
     if event["type"] == "DELETED":
         controller.cache.forget_resource(_resource_key(body))
@@ -69,25 +55,25 @@ async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
 
 # Children: a hand-deleted or hand-edited child queues its owner, which puts it back -----------------------
 
-def _register_child(group: str, version: str, plural: str, kind: str) -> None:
-    async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        controller = controller_of(memo)
+def _register_child(kind: names.Kind) -> None:
+    async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+        controller = memo.controller
         controller.cache.note_seen(body)
         if event["type"] == "DELETED":
-            controller.enqueue(controller.cache.forget_child(body, kind))
+            controller.enqueue(controller.cache.forget_child(body, kind.kind))
         else:
-            controller.enqueue(controller.cache.observe_child(body, kind))
+            controller.enqueue(controller.cache.observe_child(body, kind.kind))
 
-    kopf.on.event(*_selector(group, version, plural), id=f"{plural}-event", labels=MANAGED)(child_event)
-
-
-for _group, _version, _plural, _kind in CHILD_RESOURCES:
-    _register_child(_group, _version, _plural, _kind)
+    kopf.on.event(*_selector(kind), id=f"{kind.plural}-event", labels=MANAGED)(child_event)
 
 
-@kopf.on.event("v1", "pods", labels=MANAGED)
-async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller = controller_of(memo)
+for _kind in names.CHILD_KINDS:
+    _register_child(_kind)
+
+
+@kopf.on.event(*_selector(names.POD), labels=MANAGED)
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
     controller.cache.note_seen(body)
     if event["type"] == "DELETED":
         controller.enqueue(controller.cache.forget_pod(body))
@@ -97,9 +83,9 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
 
 # Model claims (the user's, not labelled by us): their phase feeds ModelSourceReady ---------------------------
 
-@kopf.on.event("v1", "persistentvolumeclaims")
-async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    controller = controller_of(memo)
+@kopf.on.event(*_selector(names.CLAIM))
+async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
     controller.cache.note_seen(body)
     if event["type"] == "DELETED":
         controller.enqueue_claim_users(*controller.cache.forget_claim(body))
@@ -114,8 +100,8 @@ def _is_istio_crd(name: str | None, **_: Any) -> bool:
 
 
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_istio_crd)
-async def istio_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
-    controller = controller_of(memo)
+async def istio_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
     version = None if event["type"] == "DELETED" else kube.istio_version_of_crd(body)
     if controller.cache.set_istio_crd(ISTIO_CRDS[name], version):
         controller.enqueue_all()
@@ -124,7 +110,7 @@ async def istio_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo
 # Operator lifecycle ------------------------------------------------------------------------------------------
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) -> None:
     config = memo.config
     # Watches: the server ends each stream after a bounded time and the client gives up on a silent one
     # (a dropped connection otherwise leaves a watch hanging forever with no events).
@@ -142,31 +128,31 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Our own Events say what changed; kopf's per-handler log Events would only add noise and API calls.
     settings.posting.enabled = False
     # Only our children and pods are watched (server-side filtering, not every Pod in the cluster).
-    for group, version, plural, _kind in [*CHILD_RESOURCES, ("", "v1", "pods", "Pod")]:
-        settings.watching.label_selectors[_selector(group, version, plural)] = builders.MANAGED_SELECTOR
-    controller = controller_of(memo)
+    for kind in [*names.CHILD_KINDS, names.POD]:
+        settings.watching.label_selectors[_selector(kind)] = names.MANAGED_SELECTOR
+    controller = memo.controller
     # Streamed initial lists (sendInitialEvents, Kubernetes 1.34+) instead of whole lists in memory at
     # once: at a thousand resources that halves the start-up memory peak.
     if config.watch_streaming == "auto":
-        settings.watching.initial_streaming = await asyncio.to_thread(controller.kube.server_version) >= (1, 34)
+        settings.watching.initial_streaming = await asyncio.to_thread(memo.discovery.server_version) >= (1, 34)
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
-    controller.cache.set_istio_version(await asyncio.to_thread(controller.kube.istio_version))
+    controller.cache.set_istio_version(await asyncio.to_thread(memo.discovery.istio_version))
     controller.start(istio=controller.cache.istio() is not None)
     memo.elector.start()
 
 
 @kopf.on.cleanup()
-async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+async def shutdown(memo: Runtime, **_: Any) -> None:
     await asyncio.to_thread(memo.elector.stop)
-    controller_of(memo).stop()
+    memo.controller.stop()
     # kopf waits for a threading.Event stop flag in an executor thread; after a signal nobody sets
     # it, and interpreter exit would wait for that thread forever.
     memo.stop_flag.set()
 
 
 @kopf.on.probe(id="reconciler")
-async def reconciler_health(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+async def reconciler_health(memo: Runtime, **_: Any) -> dict[str, Any]:
     if not memo.elector.alive():
         raise RuntimeError("leader election stopped")
-    return controller_of(memo).healthy()
+    return memo.controller.healthy()

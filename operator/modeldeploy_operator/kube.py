@@ -8,88 +8,32 @@ the reconcile workers.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from modeldeploy_operator import spec as specs
-
-FIELD_MANAGER = "modeldeploy-operator"
-REPORTING_COMPONENT = "modeldeploy-operator"
+from modeldeploy_operator import names
+from modeldeploy_operator.api import KubeError, micro_time
+from modeldeploy_operator.names import Kind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """Where a kind lives in the REST API."""
-
-    api_version: str
-    kind: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def group(self) -> str:
-        return self.api_version.split("/")[0] if "/" in self.api_version else ""
-
-    def collection(self, namespace: str | None) -> str:
-        root = f"/apis/{self.api_version}" if "/" in self.api_version else f"/api/{self.api_version}"
-        if self.namespaced and namespace:
-            return f"{root}/namespaces/{namespace}/{self.plural}"
-        return f"{root}/{self.plural}"
-
-    def path(self, namespace: str | None, name: str) -> str:
-        return f"{self.collection(namespace)}/{name}"
-
-
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
-HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
-SERVICE = Kind("v1", "Service", "services")
-PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-MODEL_DEPLOYMENT = Kind(specs.API_VERSION, specs.KIND, specs.PLURAL)
-LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
-EVENT = Kind("v1", "Event", "events")
-ISTIO_GROUP = "networking.istio.io"
-ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
-KNOWN_KINDS = {k.kind: k for k in (DEPLOYMENT, HPA, SERVICE, PDB)}
-POD = Kind("v1", "Pod", "pods")
-CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-# Preference order when several Istio versions are served.
-ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    kind = str(manifest["kind"])
-    if kind in KNOWN_KINDS:
-        return KNOWN_KINDS[kind]
-    if kind in ISTIO_PLURALS:
-        return Kind(str(manifest["apiVersion"]), kind, ISTIO_PLURALS[kind])
-    raise ValueError(f"the operator does not manage {kind}")
-
-
-class KubeError(Exception):
-    """An API call failed; `status` is the HTTP status (0 for transport errors)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}" if status else message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying as is (the request was fine, the moment was not)."""
-        return self.status in {0, 409, 429, 500, 502, 503, 504}
+    """The REST coordinates of a child manifest (Istio's at the version the manifest names)."""
+    kind = names.CHILD_KIND_BY_NAME.get(str(manifest["kind"]))
+    if kind is None:
+        raise ValueError(f"the operator does not manage {manifest['kind']}")
+    if not kind.version:
+        return kind.at_version(str(manifest["apiVersion"]).rsplit("/", 1)[-1])
+    return kind
 
 
 def _error(exc: ApiException) -> KubeError:
@@ -101,14 +45,6 @@ def _error(exc: ApiException) -> KubeError:
     except (ValueError, TypeError, AttributeError):
         pass
     return KubeError(int(exc.status or 0), reason, message)
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_time() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Kube:
@@ -142,6 +78,11 @@ class Kube:
         accept: str = "application/json",
     ) -> dict[str, Any]:
         headers = {"Accept": accept, "Content-Type": content_type}
+        if body is not None and content_type.endswith("yaml"):
+            # The client would send json.dumps(body): ASCII with surrogate-pair escapes for characters outside
+            # the Basic Multilingual Plane, which the API server's YAML decoder refuses. JSON is YAML, and
+            # UTF-8 is what both decoders read, so send the bytes ourselves.
+            body = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             method, url, headers, payload = self._api.param_serialize(
                 method=method, resource_path=path, query_params=list((query or {}).items()),
@@ -168,7 +109,7 @@ class Kube:
         meta = manifest["metadata"]
         return self.request(
             "PATCH", kind.path(meta.get("namespace"), meta["name"]), dict(manifest),
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            query={"fieldManager": names.FIELD_MANAGER, "force": "true"},
             content_type="application/apply-patch+yaml",
         )
 
@@ -192,7 +133,7 @@ class Kube:
         # "add" on an existing member replaces it (RFC 6902), and creates the stanza the first time.
         patch = [{"op": "add", "path": "/status", "value": dict(status)}]
         return self.request(
-            "PATCH", MODEL_DEPLOYMENT.path(namespace, name) + "/status", patch,
+            "PATCH", names.MODEL_DEPLOYMENT.path(namespace, name) + "/status", patch,
             content_type="application/json-patch+json",
         )
 
@@ -201,21 +142,21 @@ class Kube:
     ) -> None:
         """A core/v1 Event on the ModelDeployment (what `kubectl describe md` shows)."""
         meta = owner["metadata"]
-        stamp = _micro_time()
+        stamp = micro_time()
         body = {
-            "apiVersion": "v1",
-            "kind": "Event",
+            "apiVersion": names.EVENT.api_version,
+            "kind": names.EVENT.kind,
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": specs.API_VERSION, "kind": specs.KIND, "name": meta["name"],
+                "apiVersion": names.API_VERSION, "kind": names.KIND, "name": meta["name"],
                 "namespace": meta["namespace"], "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
             "type": event_type,
             "reason": reason,
             "message": message[:1024],
-            "source": {"component": REPORTING_COMPONENT},
-            "reportingComponent": REPORTING_COMPONENT,
+            "source": {"component": names.REPORTING_COMPONENT},
+            "reportingComponent": names.REPORTING_COMPONENT,
             "reportingInstance": instance,
             "firstTimestamp": stamp[:19] + "Z",
             "lastTimestamp": stamp[:19] + "Z",
@@ -223,7 +164,7 @@ class Kube:
             "action": "Reconcile",
             "count": 1,
         }
-        self.request("POST", EVENT.collection(meta["namespace"]), body)
+        self.request("POST", names.EVENT.collection(meta["namespace"]), body)
 
     # Start-up inventory: which objects exist, metadata only (small, paged) ------------------------------
 
@@ -255,16 +196,12 @@ class Kube:
     def istio_version(self) -> str | None:
         """The preferred served version of networking.istio.io, or None when Istio is not installed."""
         try:
-            group = self.request("GET", f"/apis/{ISTIO_GROUP}")
+            group = self.request("GET", f"/apis/{names.ISTIO_GROUP}")
         except KubeError as error:
             if error.status == 404:
                 return None
             raise
-        served = {v.get("version") for v in group.get("versions", [])}
-        for version in ISTIO_VERSIONS:
-            if version in served:
-                return version
-        return None
+        return names.preferred_istio_version(v.get("version") for v in group.get("versions", []))
 
     def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 35)."""
@@ -276,27 +213,24 @@ class Kube:
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", LEASE.path(namespace, name))
+            return self.request("GET", names.LEASE.path(namespace, name))
         except KubeError as error:
             if error.status == 404:
                 return None
             raise
 
     def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": LEASE.api_version, "kind": "Lease",
+        body = {"apiVersion": names.LEASE.api_version, "kind": names.LEASE.kind,
                 "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
-        return self.request("POST", LEASE.collection(namespace), body)
+        return self.request("POST", names.LEASE.collection(namespace), body)
 
     def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         """Optimistic concurrency: fails with 409 when someone else wrote the lease since we read it."""
         meta = lease["metadata"]
-        return self.request("PUT", LEASE.path(meta["namespace"], meta["name"]), dict(lease))
+        return self.request("PUT", names.LEASE.path(meta["namespace"], meta["name"]), dict(lease))
 
 
 def istio_version_of_crd(body: Mapping[str, Any]) -> str | None:
     """The preferred served version of an Istio CRD body (from the CRD watch)."""
-    served = {v.get("name") for v in (body.get("spec") or {}).get("versions", []) if v.get("served")}
-    for version in ISTIO_VERSIONS:
-        if version in served:
-            return version
-    return None
+    versions = (body.get("spec") or {}).get("versions", [])
+    return names.preferred_istio_version(v.get("name") for v in versions if v.get("served"))

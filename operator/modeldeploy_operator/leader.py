@@ -12,26 +12,21 @@ controllers use, and standbys keep their watch cache warm, so a take-over starts
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from modeldeploy_operator.kube import Kube, KubeError
+from modeldeploy_operator.api import KubeError, LeaseApi, micro_time
 
 log = logging.getLogger(__name__)
-
-
-def _micro_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
     def __init__(
         self,
-        api: Kube,
+        api: LeaseApi,
         namespace: str,
         name: str,
         identity: str,
@@ -40,6 +35,7 @@ class LeaderElector:
         retry_period: float,
         on_started: Callable[[], None],
         on_stopped: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -50,6 +46,7 @@ class LeaderElector:
         self.retry_period = retry_period
         self.on_started = on_started
         self.on_stopped = on_stopped
+        self._clock = clock  # this process's own clock: other machines' clocks are never trusted
         self.leading = False
         self._observed_record: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -78,29 +75,33 @@ class LeaderElector:
                 log.warning("could not release the lease: %s", error)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                acquired = self._try_acquire_or_renew()
-            except KubeError as error:
-                log.warning("leader election: %s", error)
-                acquired = False
-            now = time.monotonic()
-            if acquired:
-                self._last_renew = now
-                if not self.leading:
-                    self.leading = True
-                    log.info("became the leader (%s/%s as %s)", self.namespace, self.name, self.identity)
-                    self.on_started()
-            elif self.leading and now - self._last_renew > self.renew_deadline:
-                self.leading = False
-                log.error("lost the leader lease %s/%s: stopping", self.namespace, self.name)
-                self.on_stopped()
-                return
+        while not self._stop.is_set() and self.step():
             self._stop.wait(self.retry_period)
+
+    def step(self) -> bool:
+        """One round: take or renew the lease; False once leadership is lost (the caller stops)."""
+        try:
+            acquired = self._try_acquire_or_renew()
+        except KubeError as error:
+            log.warning("leader election: %s", error)
+            acquired = False
+        now = self._clock()
+        if acquired:
+            self._last_renew = now
+            if not self.leading:
+                self.leading = True
+                log.info("became the leader (%s/%s as %s)", self.namespace, self.name, self.identity)
+                self.on_started()
+        elif self.leading and now - self._last_renew > self.renew_deadline:
+            self.leading = False
+            log.error("lost the leader lease %s/%s: stopping", self.namespace, self.name)
+            self.on_stopped()
+            return False
+        return True
 
     def _try_acquire_or_renew(self) -> bool:
         lease = self.api.get_lease(self.namespace, self.name)
-        now = _micro_now()
+        now = micro_time()
         if lease is None:
             fresh = {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
                     "acquireTime": now, "renewTime": now, "leaseTransitions": 0}
@@ -116,9 +117,9 @@ class LeaderElector:
         record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
         if record != self._observed_record:
             self._observed_record = record
-            self._observed_at = time.monotonic()
+            self._observed_at = self._clock()
         duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
-        if holder and holder != self.identity and time.monotonic() < self._observed_at + duration:
+        if holder and holder != self.identity and self._clock() < self._observed_at + duration:
             return False  # someone else holds a live lease
         if holder != self.identity:
             spec["acquireTime"] = now
@@ -131,4 +132,20 @@ class LeaderElector:
             if error.status == 409:
                 return False
             raise
+        return True
+
+
+class NoElection:
+    """Stands in for the elector when leader election is off: this process acts from the start."""
+
+    def __init__(self, on_started: Callable[[], None]) -> None:
+        self._on_started = on_started
+
+    def start(self) -> None:
+        self._on_started()
+
+    def stop(self) -> None:
+        return None
+
+    def alive(self) -> bool:
         return True

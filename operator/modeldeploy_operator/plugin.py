@@ -29,12 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-GROUP = "modeldeploy.dev"
-VERSION = "v1alpha1"
-PLURAL = "modeldeployments"
-KIND = "ModelDeployment"
+from modeldeploy_operator.names import CANARY_READY, CONDITION_ORDER, GROUP, KIND, PLURAL, READY, VERSION
+
 MERGE_PATCH = "application/merge-patch+json"
-CONDITION_ORDER = ("Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady")
 
 JSONObject = dict[str, Any]
 
@@ -123,10 +120,8 @@ def sorted_conditions(conditions: Sequence[Mapping[str, Any]]) -> list[Mapping[s
 
 
 def describe_counts(value: Any) -> str:
-    """Replica counts of any shape the status uses: a number, a flat map, or a map per track."""
+    """spec.replicas as written ({min, max}), or a plain number."""
     if isinstance(value, Mapping):
-        if value and all(isinstance(item, Mapping) for item in value.values()):
-            return "; ".join(f"{track}: {describe_counts(item)}" for track, item in value.items())
         return ", ".join(f"{key} {item}" for key, item in value.items())
     return str(value)
 
@@ -137,7 +132,7 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     status = resource.get("status") or {}
     metadata = resource.get("metadata") or {}
     conditions = status.get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    ready = next((c for c in conditions if c.get("type") == READY), None)
     canary = spec.get("canary")
 
     fields: list[tuple[str, str]] = [
@@ -169,8 +164,6 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
         fields.append(("Replicas (spec)", describe_counts(spec_replicas)))
     if "readyReplicas" in status or "desiredReplicas" in status:
         fields.append(("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready"))
-    elif "replicas" in status:
-        fields.append(("Replicas", describe_counts(status["replicas"])))
     fields.append(("URL", status.get("url") or "<not reported yet>"))
     fields.append(
         (
@@ -225,7 +218,7 @@ def promotion_blocker(resource: Mapping[str, Any]) -> str | None:
     if lag:
         return lag
     conditions = (resource.get("status") or {}).get("conditions") or []
-    canary_ready = next((c for c in conditions if c.get("type") == "CanaryReady"), None)
+    canary_ready = next((c for c in conditions if c.get("type") == CANARY_READY), None)
     if canary_ready is None:
         return "the operator reports no CanaryReady condition"
     if canary_ready.get("status") != "True":
@@ -437,8 +430,23 @@ def build_patch(args: argparse.Namespace, resource: Mapping[str, Any]) -> tuple[
     )
 
 
+MISSING_CLIENT = (
+    "kubectl-modeldeploy needs the Kubernetes Python client, which `pip install modeldeploy` leaves out "
+    "(the serving image does not need it): pip install 'modeldeploy[kubectl]'"
+)
+
+
+def require_client() -> None:
+    """Say what to install instead of crashing on an import deep inside a command."""
+    try:
+        import kubernetes  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise PluginError(MISSING_CLIENT) from error
+
+
 def run(args: argparse.Namespace) -> str:
     """Execute one parsed command; return what to print."""
+    require_client()
     connection = resolve_connection(args.kubeconfig, args.context, args.namespace)
     api = ModelDeployments(connection)
     if args.command == "status":

@@ -1,29 +1,33 @@
 """The ModelDeployment resource as pydantic models: the one source of truth.
 
 The CRD schema (``crd.py``), the README reference and the operator's validation all come from these
-classes. Every constraint exists twice on purpose: as a CEL rule the API server enforces (so a bad
-manifest is refused at ``kubectl apply`` with a message naming the field) and as a pydantic validator
-(so the operator never acts on a spec the server would have refused, e.g. one stored before a CRD
-upgrade). Defaults live here, in code, and are never written back to the stored object: that keeps
-``kubectl apply`` and Argo CD diffs clean.
+classes. Every constraint is declared once (`Between`, `Matches`) and enforced twice: as a CEL rule the
+API server checks (so a bad manifest is refused at ``kubectl apply`` with a message naming the field)
+and as a pydantic validator (so the operator never acts on a spec the server would have refused, e.g.
+one stored before a CRD upgrade). A shared table of cases runs against both. Defaults live here, in
+code, and are never written back to the stored object: that keeps ``kubectl apply`` and Argo CD diffs
+clean.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
-
-GROUP = "modeldeploy.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelDeployment"
-PLURAL = "modeldeployments"
-SINGULAR = "modeldeployment"
-SHORT_NAMES = ["md"]
-CATEGORIES = ["all", "modeldeploy"]
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 # The longest child name is "<name>-canary"; Kubernetes names Services and labels with at most 63.
 MAX_NAME_LENGTH = 56
@@ -52,14 +56,86 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
-def _range_rule(low: int, high: int) -> dict[str, Any]:
-    return validations(cel(f"self >= {low} && self <= {high}", f"must be between {low} and {high}"))
+def python_regex(pattern: str) -> re.Pattern[str]:
+    """The CRD's RE2 pattern for Python's `re`, with the same meaning.
+
+    In RE2 (CEL's `matches`, OpenAPI `pattern`) `$` is the end of the string; in Python it also matches
+    just before a trailing newline, so `models/..\\n` would contain a `..` segment for one and not the
+    other. Python gets `\\Z`, the true end, for each `$`.
+    """
+    assert "\\$" not in pattern, "an escaped $ would need a real parser"
+    return re.compile(pattern.replace("$", r"\Z"))
 
 
-def _check_range(value: int | None, low: int, high: int) -> int | None:
-    if value is not None and not low <= value <= high:
-        raise ValueError(f"must be between {low} and {high}")
-    return value
+class _Rule:
+    """A constraint declared once, enforced twice: as a CEL rule the API server checks at `kubectl apply`
+    and as a validator the model runs (so the operator never acts on a spec the server would refuse).
+    Used as `Annotated[type, Rule(...)]`; None (an optional field left out) always passes."""
+
+    def explain(self) -> str:
+        raise NotImplementedError
+
+    def cel_rule(self) -> str:
+        raise NotImplementedError
+
+    def holds(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def _validate(self, value: Any) -> Any:
+        if value is not None and not self.holds(value):
+            raise ValueError(self.explain())
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._validate, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out.setdefault("x-kubernetes-validations", []).append(cel(self.cel_rule(), self.explain()))
+        return out
+
+
+@dataclass(frozen=True)
+class Between(_Rule):
+    """An integer from `low` to `high`, both included."""
+
+    low: int
+    high: int
+
+    def explain(self) -> str:
+        return f"must be between {self.low} and {self.high}"
+
+    def cel_rule(self) -> str:
+        return f"self >= {self.low} && self <= {self.high}"
+
+    def holds(self, value: Any) -> bool:
+        return bool(self.low <= value <= self.high)
+
+
+@dataclass(frozen=True)
+class Matches(_Rule):
+    """A string the pattern is found in (RE2 syntax, searched like CEL's `matches`), or with `forbidden`
+    one it is not found in."""
+
+    pattern: str
+    message: str
+    forbidden: bool = False
+
+    def explain(self) -> str:
+        return self.message
+
+    def cel_rule(self) -> str:
+        test = f"self.matches('{self.pattern}')"
+        return f"!{test}" if self.forbidden else test
+
+    def holds(self, value: Any) -> bool:
+        return (python_regex(self.pattern).search(value) is None) == self.forbidden
+
+
+CLAIM_NAME = Matches(CLAIM_PATTERN, "must be a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.'")
+RELATIVE = Matches("^/", "must be relative to the claim's root (no leading '/')", forbidden=True)
+NO_DOTDOT = Matches(DOTDOT_PATTERN, "must not contain '..' segments", forbidden=True)
+SHA256 = Matches(SHA256_PATTERN, "must be a SHA-256 digest: 64 hexadecimal characters")
 
 
 class _Model(BaseModel):
@@ -71,73 +147,36 @@ class _Model(BaseModel):
 class ModelSource(_Model):
     """Where a model file lives: a file on a PersistentVolumeClaim in the same namespace."""
 
-    pvc: str = Field(
+    pvc: Annotated[str, CLAIM_NAME] = Field(
         min_length=1,
         max_length=253,
         description="Name of the PersistentVolumeClaim holding the model, in the resource's namespace. "
         "It is mounted read-only at /models.",
-        json_schema_extra=validations(
-            cel(f"self.matches('{CLAIM_PATTERN}')",
-                "must be a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.'")
-        ),
     )
-    path: str = Field(
+    path: Annotated[str, RELATIVE, NO_DOTDOT] = Field(
         min_length=1,
         max_length=1024,
         description="Path of the ONNX file inside the claim, relative to its root "
         "(e.g. sentiment/v1/model.onnx). The server gets /models/<path>.",
-        json_schema_extra=validations(
-            cel("!self.startsWith('/')", "must be relative to the claim's root (no leading '/')"),
-            cel(f"!self.matches('{DOTDOT_PATTERN}')", "must not contain '..' segments"),
-        ),
     )
-    sha256: str | None = Field(
+    sha256: Annotated[str | None, SHA256] = Field(
         default=None,
         max_length=64,
         description="Optional SHA-256 digest (64 hex characters) of the model file. When set, the server "
         "verifies the file against it before loading and refuses to start on a mismatch.",
-        json_schema_extra=validations(
-            cel(f"self.matches('{SHA256_PATTERN}')",
-                "must be a SHA-256 digest: 64 hexadecimal characters")
-        ),
     )
-
-    @field_validator("pvc")
-    @classmethod
-    def _claim_name(cls, value: str) -> str:
-        if not re.match(CLAIM_PATTERN, value):
-            raise ValueError("must be a PersistentVolumeClaim name: lowercase letters, digits, '-' and '.'")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _relative_path(cls, value: str) -> str:
-        if value.startswith("/"):
-            raise ValueError("must be relative to the claim's root (no leading '/')")
-        if re.search(DOTDOT_PATTERN, value):
-            raise ValueError("must not contain '..' segments")
-        return value
-
-    @field_validator("sha256")
-    @classmethod
-    def _digest(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(SHA256_PATTERN, value):
-            raise ValueError("must be a SHA-256 digest: 64 hexadecimal characters")
-        return value
 
 
 class Replicas(_Model):
     """How many serving pods a track runs; an autoscaler moves between min and max."""
 
-    min: int | None = Field(
+    min: Annotated[int | None, Between(1, 1000)] = Field(
         default=None,
         description="Fewest replicas (default 1). Equal to max (the default) means a fixed count, no autoscaler.",
-        json_schema_extra=_range_rule(1, 1000),
     )
-    max: int | None = Field(
+    max: Annotated[int | None, Between(1, 1000)] = Field(
         default=None,
         description="Most replicas (default: min). Above min, a HorizontalPodAutoscaler owns the count.",
-        json_schema_extra=_range_rule(1, 1000),
     )
 
     model_config = ConfigDict(
@@ -146,11 +185,6 @@ class Replicas(_Model):
                 "replicas.min must be less than or equal to replicas.max", ".min")
         )
     )
-
-    @field_validator("min", "max")
-    @classmethod
-    def _bounds(cls, value: int | None) -> int | None:
-        return _check_range(value, 1, 1000)
 
     @model_validator(mode="after")
     def _ordered(self) -> Replicas:
@@ -176,11 +210,10 @@ class Canary(_Model):
     """A second model served next to the stable one and given a share of the requests."""
 
     model: ModelSource | None = Field(default=None, description="The canary's model.")
-    traffic_percent: int | None = Field(
+    traffic_percent: Annotated[int | None, Between(0, 100)] = Field(
         default=None,
         description="Share of requests (0-100) routed to the canary; the rest go to the stable model. "
         "Default 0: the canary runs and warms up but gets no traffic. The field `kubectl patch` moves.",
-        json_schema_extra=_range_rule(0, 100),
     )
     replicas: Replicas | None = Field(
         default=None, description="Replica bounds for the canary track (default: spec.replicas)."
@@ -192,11 +225,6 @@ class Canary(_Model):
                 "FieldValueRequired")
         )
     )
-
-    @field_validator("traffic_percent")
-    @classmethod
-    def _percent(cls, value: int | None) -> int | None:
-        return _check_range(value, 0, 100)
 
     @model_validator(mode="after")
     def _has_model(self) -> Canary:
@@ -217,16 +245,10 @@ class Canary(_Model):
 class Autoscaling(_Model):
     """What the HorizontalPodAutoscaler (autoscaling/v2) aims for."""
 
-    cpu_utilization: int | None = Field(
+    cpu_utilization: Annotated[int | None, Between(1, 100)] = Field(
         default=None,
         description="Target average CPU use in percent of the requested CPU (default 70).",
-        json_schema_extra=_range_rule(1, 100),
     )
-
-    @field_validator("cpu_utilization")
-    @classmethod
-    def _percent(cls, value: int | None) -> int | None:
-        return _check_range(value, 1, 100)
 
     @property
     def effective_cpu_utilization(self) -> int:
@@ -270,8 +292,10 @@ class Resources(_Model):
         for name, quantity in (value or {}).items():
             if name == GPU_RESOURCE:
                 raise ValueError("set GPUs with spec.gpu, not resources")
-            if isinstance(quantity, str) and not re.match(QUANTITY_PATTERN, quantity):
-                raise ValueError(f"{name}: {quantity!r} is not a Kubernetes quantity")
+            if isinstance(quantity, str) and not python_regex(QUANTITY_PATTERN).search(quantity):
+                raise ValueError(
+                    f"{name}: {quantity!r} is not a Kubernetes quantity: it should match '{QUANTITY_PATTERN}'"
+                )
         return value
 
 
@@ -295,26 +319,14 @@ class Toleration(_Model):
 class Batching(_Model):
     """Dynamic batching in the server: requests are grouped up to a size or a delay."""
 
-    max_batch_size: int | None = Field(
+    max_batch_size: Annotated[int | None, Between(1, 4096)] = Field(
         default=None,
         description="Largest batch the server forms (server default when unset).",
-        json_schema_extra=_range_rule(1, 4096),
     )
-    max_delay_ms: int | None = Field(
+    max_delay_ms: Annotated[int | None, Between(0, 60000)] = Field(
         default=None,
         description="Longest a request waits for others to join its batch, in milliseconds.",
-        json_schema_extra=_range_rule(0, 60000),
     )
-
-    @field_validator("max_batch_size")
-    @classmethod
-    def _size(cls, value: int | None) -> int | None:
-        return _check_range(value, 1, 4096)
-
-    @field_validator("max_delay_ms")
-    @classmethod
-    def _delay(cls, value: int | None) -> int | None:
-        return _check_range(value, 0, 60000)
 
 
 class Istio(_Model):
@@ -343,11 +355,10 @@ class ModelDeploymentSpec(_Model):
     replicas: Replicas | None = Field(default=None, description="Replica bounds per track (default 1).")
     autoscaling: Autoscaling | None = Field(default=None, description="Autoscaler target (default 70% CPU).")
     resources: Resources | None = Field(default=None, description="Container resources (CPU and memory).")
-    gpu: int | None = Field(
+    gpu: Annotated[int | None, Between(0, 64)] = Field(
         default=None,
         description="NVIDIA GPUs per replica (nvidia.com/gpu); 0 (the default) runs on CPU. Above 0 the pods "
         "get the GPU limit, the usual nvidia.com/gpu toleration and the GPU server image.",
-        json_schema_extra=_range_rule(0, 64),
     )
     node_selector: dict[str, str] | None = Field(
         default=None,
@@ -362,11 +373,6 @@ class ModelDeploymentSpec(_Model):
     )
     batching: Batching | None = Field(default=None, description="Dynamic batching in the server.")
     istio: Istio | None = Field(default=None, description="Istio routing options.")
-
-    @field_validator("gpu")
-    @classmethod
-    def _gpu(cls, value: int | None) -> int | None:
-        return _check_range(value, 0, 64)
 
     # Effective values: the defaults applied in code, never stored in the object.
     @property
@@ -465,8 +471,28 @@ def parse_spec(spec: object) -> ModelDeploymentSpec:
 
 def check_name(name: str) -> None:
     """The same rule as the CRD's CEL rule on metadata.name."""
-    if len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name):
+    if len(name) > MAX_NAME_LENGTH or not python_regex(NAME_PATTERN).search(name):
         raise ValueError(
             f"metadata.name {name!r} must be a DNS label starting with a letter, at most {MAX_NAME_LENGTH} "
             "characters"
         )
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """`spec.<field>: <reason>` for each problem, as the API server words its own refusals."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()))
+        parts.append(f"spec.{where}: {item.get('msg')}" if where else str(item.get("msg")))
+    return "; ".join(parts)
+
+
+def validate(name: str, spec: object) -> ModelDeploymentSpec | str:
+    """The usable spec of a stored resource, or why it is unusable (naming the field)."""
+    try:
+        check_name(name)
+        return parse_spec(spec)
+    except ValidationError as error:
+        return format_validation_error(error)
+    except ValueError as error:
+        return str(error)

@@ -17,13 +17,15 @@ from modeldeploy_operator import builders
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.builders import IstioApi, Owner, Track
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.names import (
+    CANARY_READY,
+    LABEL_TRACK,
+    MODEL_SOURCE_READY,
+    READY,
+    ROUTING_READY,
+    STABLE_READY,
+)
 
-READY = "Ready"
-MODEL_SOURCE_READY = "ModelSourceReady"
-STABLE_READY = "StableReady"
-CANARY_READY = "CanaryReady"
-ROUTING_READY = "RoutingReady"
-CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY)
 TRACK_CONDITION: dict[Track, str] = {"stable": STABLE_READY, "canary": CANARY_READY}
 
 MAX_MESSAGE = 2000
@@ -121,7 +123,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodView:
     """Only not-ready pods can carry a problem: a container that crashed once and recovered is fine."""
     meta, status = body.get("metadata", {}), body.get("status", {}) or {}
     name = meta.get("name", "")
-    track = (meta.get("labels") or {}).get(builders.LABEL_TRACK, "")
+    track = (meta.get("labels") or {}).get(LABEL_TRACK, "")
     conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
     ready = conditions.get("Ready", {}).get("status") == "True" and not meta.get("deletionTimestamp")
     problem = None

@@ -12,19 +12,28 @@ import yaml
 import localcluster
 from testsupport.operator_harness import Harness, install_istio, manifest
 
-INVALID = yaml.safe_load((Path(__file__).resolve().parents[2] / "unit" / "operator" / "invalid_specs.yaml").read_text())
+CASES = Path(__file__).resolve().parents[2] / "unit" / "operator"
+INVALID = yaml.safe_load((CASES / "invalid_specs.yaml").read_text())
+VALID = yaml.safe_load((CASES / "valid_specs.yaml").read_text())
 
 
-@pytest.mark.parametrize("case", INVALID, ids=[c["case"] for c in INVALID])
-def test_invalid_resources_are_refused_naming_the_field(
-    cluster: localcluster.Cluster, namespace: str, operator_crds: None, case: dict[str, Any]
+SPEC_CASES = [(case, False) for case in INVALID] + [(case, True) for case in VALID]
+
+
+@pytest.mark.parametrize(("case", "admitted"), SPEC_CASES, ids=[c["case"] for c, _ in SPEC_CASES])
+def test_the_api_server_and_the_model_apply_the_same_rules(
+    cluster: localcluster.Cluster, namespace: str, operator_crds: None, case: dict[str, Any], admitted: bool
 ) -> None:
+    """The tables the unit tests run against the pydantic model: refused naming the field, or admitted."""
     document = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
-                "metadata": {"name": "invalid", "namespace": namespace}, "spec": case["spec"]}
-    refused = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(document), check=False)
-    assert refused.returncode != 0, refused.stdout
-    assert f"{case['field']}:" in refused.stderr
-    assert case["message"] in refused.stderr
+                "metadata": {"name": "case", "namespace": namespace}, "spec": case["spec"]}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(document), check=False)
+    if admitted:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode != 0, result.stdout
+    assert f"{case['field']}:" in result.stderr
+    assert case["message"] in result.stderr
 
 
 @pytest.mark.parametrize("name", ["1sentiment", "x" * 57])

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy_operator import builders, spec, status
+from modeldeploy_operator import builders, names, spec, status
 from modeldeploy_operator.config import ServingConfig
 from testsupport.argo_lua import run_health_check
 
@@ -51,7 +51,7 @@ def deployment(track: str, ready: int, wanted: int = 2, stuck: bool = False) -> 
 
 def pod(track: str, index: int, ready: bool, container_state: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"sentiment-{track}-{index}", "labels": {builders.LABEL_TRACK: track}},
+        "metadata": {"name": f"sentiment-{track}-{index}", "labels": {names.LABEL_TRACK: track}},
         "status": {
             "phase": "Running",
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeldeploy_operator import builders
+from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.builders import IstioApi, Owner
 from modeldeploy_operator.config import ServingConfig
@@ -217,9 +217,9 @@ def test_content_hash_tracks_content_and_is_stable() -> None:
     first = builders.deployment(OWNER, make_spec(), "stable", CONFIG)
     again = builders.deployment(OWNER, make_spec(), "stable", CONFIG)
     other = builders.deployment(OWNER, make_spec(model={"pvc": "models", "path": "v2.onnx"}), "stable", CONFIG)
-    digest = first["metadata"]["annotations"][builders.HASH_ANNOTATION]
-    assert digest == again["metadata"]["annotations"][builders.HASH_ANNOTATION]
-    assert digest != other["metadata"]["annotations"][builders.HASH_ANNOTATION]
+    digest = first["metadata"]["annotations"][names.HASH_ANNOTATION]
+    assert digest == again["metadata"]["annotations"][names.HASH_ANNOTATION]
+    assert digest != other["metadata"]["annotations"][names.HASH_ANNOTATION]
 
 
 def test_cpu_cores() -> None:

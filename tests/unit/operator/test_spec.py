@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from modeldeploy_operator import spec as specs
 
 INVALID = yaml.safe_load((Path(__file__).parent / "invalid_specs.yaml").read_text())
+VALID = yaml.safe_load((Path(__file__).parent / "valid_specs.yaml").read_text())
 
 
 def test_minimal_spec_gets_defaults_in_code() -> None:
@@ -74,3 +75,19 @@ def test_bad_names(name: str) -> None:
 def test_sha256_accepts_both_cases() -> None:
     digest = "AB" * 32
     assert specs.parse_spec({"model": {"pvc": "m", "path": "a.onnx", "sha256": digest}}).model.sha256 == digest
+
+
+@pytest.mark.parametrize("case", VALID, ids=[c["case"] for c in VALID])
+def test_specs_the_api_server_admits_are_accepted(case: dict[str, Any]) -> None:
+    assert isinstance(specs.validate("sentiment", case["spec"]), specs.ModelDeploymentSpec)
+
+
+@pytest.mark.parametrize("name", ["sentiment\n", "sentiment-", "Sentiment"])
+def test_names_are_checked_to_the_true_end(name: str) -> None:
+    assert isinstance(specs.validate(name, {"model": {"pvc": "models", "path": "a.onnx"}}), str)
+
+
+def test_python_patterns_end_where_re2_ends() -> None:
+    assert specs.python_regex(specs.DOTDOT_PATTERN).search("models/..\n") is None
+    assert specs.python_regex(specs.DOTDOT_PATTERN).search("models/..") is not None
+    assert specs.python_regex(specs.SHA256_PATTERN).search("a" * 64 + "\n") is None

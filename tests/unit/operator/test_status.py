@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from modeldeploy_operator import names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as st
 from modeldeploy_operator.builders import IstioApi, Owner
@@ -46,8 +47,8 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_all_ready_with_istio() -> None:
     status = st.compute_status(observe(canary_spec(30)), None, NOW, CONFIG)
     found = conditions(status)
-    assert [c["type"] for c in status["conditions"]] == list(st.CONDITION_ORDER)
-    assert {t: c["status"] for t, c in found.items()} == dict.fromkeys(st.CONDITION_ORDER, "True")
+    assert [c["type"] for c in status["conditions"]] == list(names.CONDITION_ORDER)
+    assert {t: c["status"] for t, c in found.items()} == dict.fromkeys(names.CONDITION_ORDER, "True")
     assert found["Ready"]["reason"] == "Serving"
     assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == NOW for c in status["conditions"])
     assert status["observedGeneration"] == 3

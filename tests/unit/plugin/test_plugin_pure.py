@@ -209,14 +209,10 @@ def test_status_of_a_resource_the_operator_has_not_seen() -> None:
     ("value", "expected"),
     [
         (3, "3"),
-        ({"ready": 2, "desired": 3}, "ready 2, desired 3"),
-        (
-            {"stable": {"ready": 2, "desired": 2}, "canary": {"ready": 0, "desired": 1}},
-            "stable: ready 2, desired 2; canary: ready 0, desired 1",
-        ),
+        ({"min": 2, "max": 10}, "min 2, max 10"),
     ],
 )
-def test_replica_counts_of_any_shape(value: Any, expected: str) -> None:
+def test_spec_replicas_as_written(value: Any, expected: str) -> None:
     assert plugin.describe_counts(value) == expected
 
 
@@ -363,3 +359,30 @@ def test_promotion_is_blocked_without_a_canary_condition() -> None:
     resource = with_canary_condition("True")
     resource["status"]["conditions"] = [c for c in resource["status"]["conditions"] if c["type"] != "CanaryReady"]
     assert plugin.promotion_blocker(resource) == "the operator reports no CanaryReady condition"
+
+
+# --- installed without the Kubernetes client ---------------------------------------------------
+
+
+def test_without_the_kubernetes_client_it_says_what_to_install(tmp_path: Path) -> None:
+    """`pip install modeldeploy` alone: the plugin names the extra instead of a traceback."""
+    blocked = "import sys; sys.modules['kubernetes'] = None; from modeldeploy_operator.plugin import main; main()"
+    done = subprocess.run([sys.executable, "-c", blocked, "status", "sentiment", "-n", "ml"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "pip install 'modeldeploy[kubectl]'" in done.stderr
+
+
+def test_the_named_extra_brings_the_client_and_the_operator_extra_has_it_too() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["kubectl-modeldeploy"] == "modeldeploy_operator.plugin:main"
+    extras = project["optional-dependencies"]
+    for extra in ("kubectl", "operator"):
+        assert any(dep.startswith("kubernetes") for dep in extras[extra]), extra
+    # What the plugin imports at module level comes with the base package.
+    imported = {line.split()[1].split(".")[0] for line in Path(plugin.__file__).read_text().splitlines()
+                if line.startswith(("import ", "from "))}
+    assert imported - set(sys.stdlib_module_names) == {"modeldeploy_operator"}

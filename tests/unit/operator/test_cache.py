@@ -1,14 +1,12 @@
-"""The watch cache's decisions (when to reconcile, what counts as a hand edit) and the settings parser."""
+"""The watch cache's decisions: when to reconcile, what counts as a hand edit, what a snapshot holds."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from modeldeploy_operator import builders, config
-from modeldeploy_operator.cache import WatchCache
-from modeldeploy_operator.controller import needs_apply
+from modeldeploy_operator import builders, names
+from modeldeploy_operator.cache import Snapshot, WatchCache
+from modeldeploy_operator.reconcile import needs_apply
 from modeldeploy_operator.spec import parse_spec
 
 LABELS = {"modeldeploy.dev/name": "sentiment", "app.kubernetes.io/managed-by": "modeldeploy"}
@@ -36,7 +34,7 @@ def deployment_body(managers: list[dict[str, Any]], replicas: int = 2) -> dict[s
     return {"kind": "Deployment",
             "metadata": {"name": "sentiment-stable", "namespace": "ml", "uid": "d1",
                          "labels": {**LABELS, "modeldeploy.dev/track": "stable"},
-                         "annotations": {builders.HASH_ANNOTATION: "h1"}, "managedFields": managers},
+                         "annotations": {names.HASH_ANNOTATION: "h1"}, "managedFields": managers},
             "spec": {"replicas": replicas}, "status": {}}
 
 
@@ -46,35 +44,44 @@ CONTROLLER_STATUS = {"manager": "kube-controller-manager", "operation": "Update"
 HAND_EDIT = {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:template": {}}}}
 
 
+def snapshot(cache: WatchCache) -> Snapshot:
+    found = cache.snapshot(("ml", "sentiment"))
+    assert found is not None
+    return found
+
+
 def test_hand_edits_are_spotted_from_managed_fields() -> None:
     cache = WatchCache()
+    cache.observe_resource(resource(1))
     assert cache.observe_child(deployment_body([OURS, CONTROLLER_STATUS])) == ("ml", "sentiment")
-    child = cache.children(("ml", "sentiment"))[("Deployment", "sentiment-stable")]
+    child = snapshot(cache).children[("Deployment", "sentiment-stable")]
     assert not child.foreign_edit
     cache.observe_child(deployment_body([OURS, CONTROLLER_STATUS, HAND_EDIT]))
-    assert cache.children(("ml", "sentiment"))[("Deployment", "sentiment-stable")].foreign_edit
+    assert snapshot(cache).children[("Deployment", "sentiment-stable")].foreign_edit
 
 
 def test_needs_apply() -> None:
     cache = WatchCache()
+    cache.observe_resource(resource(1))
     cache.observe_child(deployment_body([OURS], replicas=2))
-    observed = cache.children(("ml", "sentiment"))[("Deployment", "sentiment-stable")]
-    wanted = {"kind": "Deployment", "metadata": {"annotations": {builders.HASH_ANNOTATION: "h1"}},
+    observed = snapshot(cache).children[("Deployment", "sentiment-stable")]
+    wanted = {"kind": "Deployment", "metadata": {"annotations": {names.HASH_ANNOTATION: "h1"}},
               "spec": {"replicas": 2}}
     assert not needs_apply(wanted, observed)
     assert needs_apply(wanted, None)
-    assert needs_apply({**wanted, "metadata": {"annotations": {builders.HASH_ANNOTATION: "h2"}}}, observed)
+    assert needs_apply({**wanted, "metadata": {"annotations": {names.HASH_ANNOTATION: "h2"}}}, observed)
     assert needs_apply({**wanted, "spec": {"replicas": 3}}, observed)  # someone ran `kubectl scale`
 
 
 def test_deleted_children_leave_the_cache() -> None:
     cache = WatchCache()
+    cache.observe_resource(resource(1))
     body = deployment_body([OURS])
     cache.observe_child(body)
-    assert cache.deployments(("ml", "sentiment"))
+    assert snapshot(cache).deployments
     cache.forget_child(body)
-    assert cache.children(("ml", "sentiment")) == {}
-    assert cache.deployments(("ml", "sentiment")) == {}
+    assert snapshot(cache).children == {}
+    assert snapshot(cache).deployments == {}
 
 
 def test_claim_users_and_istio_switch() -> None:
@@ -82,8 +89,9 @@ def test_claim_users_and_istio_switch() -> None:
     cache.observe_resource(resource(1))
     assert cache.users_of_claim("ml", "models") == [("ml", "sentiment")]
     assert cache.users_of_claim("ml", "other") == []
+    assert snapshot(cache).claims == {"models": None}
     cache.observe_claim({"metadata": {"name": "models", "namespace": "ml"}, "status": {"phase": "Bound"}})
-    assert cache.claim_phases("ml", ["models", "gone"]) == {"models": "Bound", "gone": None}
+    assert snapshot(cache).claims == {"models": "Bound"}
     assert cache.istio() is None
     assert not cache.set_istio_crd("VirtualService", "v1")
     assert cache.set_istio_crd("DestinationRule", "v1")
@@ -95,32 +103,11 @@ def test_claim_users_and_istio_switch() -> None:
 def test_spec_of_cached_resource_parses() -> None:
     cache = WatchCache()
     cache.observe_resource(resource(1))
-    entry = cache.resource(("ml", "sentiment"))
-    assert entry is not None
+    entry = snapshot(cache)
     assert parse_spec(entry.body["spec"]).model.pvc == "models"
+    assert entry.spec == parse_spec(entry.body["spec"])  # parsed once, when the resource changed
     assert set(entry.body["metadata"]) <= {"name", "namespace", "uid", "generation", "deletionTimestamp",
                                            "resourceVersion"}
-
-
-def test_config_from_env() -> None:
-    parsed = config.from_env({"MODELDEPLOY_SERVER_IMAGE": "reg/server:1", "MODELDEPLOY_NAMESPACES": "a, b",
-                              "MODELDEPLOY_WORKERS": "8", "MODELDEPLOY_LEADER_ELECTION": "false",
-                              "POD_NAMESPACE": "ops"})
-    assert parsed.serving.server_image == "reg/server:1"
-    assert parsed.namespaces == ("a", "b")
-    assert parsed.workers == 8
-    assert parsed.leader_election is False
-    assert parsed.lease_namespace == "ops"
-
-
-@pytest.mark.parametrize(("env", "message"), [
-    ({"MODELDEPLOY_WORKERS": "many"}, "MODELDEPLOY_WORKERS: 'many' is not a number"),
-    ({"MODELDEPLOY_WORKERS": "0"}, "MODELDEPLOY_WORKERS: must be at least 1"),
-    ({"MODELDEPLOY_LEADER_ELECTION": "maybe"}, "MODELDEPLOY_LEADER_ELECTION"),
-])
-def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        config.from_env(env)
 
 
 def test_initial_sync_tracks_seen_uids_until_stopped() -> None:

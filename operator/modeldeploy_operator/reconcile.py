@@ -1,0 +1,104 @@
+"""Pure: one ModelDeployment's snapshot -> what to apply, what to delete, and the status to write.
+
+The controller reads a `cache.Snapshot` once, asks `plan_children` what to change, acts on the API,
+and asks `next_status` what to report given how the writes went. Nothing here does I/O or reads the
+clock, so every decision is unit-tested on plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeldeploy_operator import builders, names
+from modeldeploy_operator import spec as specs
+from modeldeploy_operator import status as statuses
+from modeldeploy_operator.cache import ChildEntry, Snapshot
+from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.names import Kind
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """A child to delete: where it lives and the uid it must still have (a newer namesake is spared)."""
+
+    kind: Kind
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    apply: tuple[builders.Manifest, ...] = ()
+    delete: tuple[ChildRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the writes of a plan went."""
+
+    errors: Mapping[str, str] = field(default_factory=dict)  # "Kind/name" -> why the API refused it
+    applied: Mapping[str, statuses.DeploymentView] = field(default_factory=dict)  # track -> the applied Deployment
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: dict[str, Any]
+    events: tuple[statuses.EventNote, ...]
+
+
+def needs_apply(manifest: Mapping[str, Any], observed: ChildEntry | None) -> bool:
+    """Apply when the child is missing, differs from what we would apply, or was edited by hand."""
+    if observed is None or observed.foreign_edit:
+        return True
+    if observed.applied_hash != manifest["metadata"]["annotations"][names.HASH_ANNOTATION]:
+        return True
+    wanted_replicas = manifest.get("spec", {}).get("replicas")
+    return (manifest["kind"] == names.DEPLOYMENT.kind and wanted_replicas is not None
+            and observed.replicas != wanted_replicas)
+
+
+def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
+    """The children to apply (missing, outdated or hand-edited) and those no longer wanted."""
+    spec = snapshot.spec
+    if snapshot.deleting or not isinstance(spec, specs.ModelDeploymentSpec):
+        return Plan()  # going away (garbage collection removes the children), or nothing usable to act on
+    owner = builders.Owner.from_body(snapshot.body)
+    desired = builders.desired_children(owner, spec, config, snapshot.istio)
+    apply = tuple(m for m in desired if needs_apply(m, snapshot.children.get((m["kind"], m["metadata"]["name"]))))
+    wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+    delete = []
+    for child_id, child in snapshot.children.items():
+        kind = names.CHILD_KIND_BY_NAME.get(child.kind)
+        if child_id in wanted or kind is None:
+            continue
+        if not kind.version:  # an Istio kind: addressable only at a version Istio serves
+            if snapshot.istio is None:
+                continue
+            kind = kind.at_version(snapshot.istio.version)
+        delete.append(ChildRef(kind, owner.namespace, child.name, child.uid))
+    return Plan(apply, tuple(delete))
+
+
+def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome) -> StatusUpdate | None:
+    """The status after acting on the plan (None when it would not change), and the Events to post."""
+    spec = snapshot.spec
+    if isinstance(spec, str):
+        status = statuses.invalid_spec_status(snapshot.generation, spec, snapshot.status, now)
+    else:
+        observation = statuses.Observation(
+            owner=builders.Owner.from_body(snapshot.body),
+            generation=snapshot.generation,
+            spec=spec,
+            claims=snapshot.claims,
+            deployments={**snapshot.deployments, **outcome.applied},
+            pods=snapshot.pods,
+            istio=snapshot.istio,
+            apply_errors=outcome.errors,
+        )
+        status = statuses.compute_status(observation, snapshot.status, now, config)
+    if statuses.same_status(snapshot.status, status):
+        return None
+    return StatusUpdate(status, tuple(statuses.transitions(snapshot.status, status)))

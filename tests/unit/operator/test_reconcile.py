@@ -1,0 +1,263 @@
+"""The reconcile decision on a table of cases, and the controller acting on an in-memory API."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from modeldeploy_operator import builders, names
+from modeldeploy_operator import spec as specs
+from modeldeploy_operator.api import KubeError
+from modeldeploy_operator.builders import IstioApi, Owner
+from modeldeploy_operator.cache import ChildEntry, Snapshot
+from modeldeploy_operator.config import OperatorConfig, ServingConfig
+from modeldeploy_operator.controller import Controller
+from modeldeploy_operator.names import Kind
+from modeldeploy_operator.reconcile import Outcome, next_status, plan_children
+
+NOW = "2026-01-02T12:00:00Z"
+CONFIG = ServingConfig()
+OWNER = Owner(name="sentiment", namespace="ml", uid="uid-1")
+BASE_SPEC: dict[str, Any] = {"model": {"pvc": "models", "path": "v1/model.onnx"}, "replicas": {"min": 2, "max": 4}}
+ISTIO = IstioApi("v1")
+CANARY = {"model": {"pvc": "models", "path": "v2/model.onnx"}, "trafficPercent": 10}
+
+
+def body(spec: Mapping[str, Any], deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": OWNER.name, "namespace": OWNER.namespace, "uid": OWNER.uid, "generation": 3}
+    if deleting:
+        meta["deletionTimestamp"] = NOW
+    return {"metadata": meta, "spec": dict(spec)}
+
+
+def entry_for(manifest: Mapping[str, Any], **changes: Any) -> ChildEntry:
+    """What the watch cache holds for a child applied exactly as `manifest` says."""
+    entry = ChildEntry(
+        kind=manifest["kind"], name=manifest["metadata"]["name"], uid=f"uid-{manifest['metadata']['name']}",
+        applied_hash=manifest["metadata"]["annotations"][names.HASH_ANNOTATION], foreign_edit=False,
+        replicas=manifest["spec"].get("replicas") if manifest["kind"] == "Deployment" else None,
+    )
+    return replace(entry, **changes)
+
+
+def converged(spec: Mapping[str, Any], istio: IstioApi | None) -> dict[tuple[str, str], ChildEntry]:
+    desired = builders.desired_children(OWNER, specs.parse_spec(spec), CONFIG, istio)
+    return {(m["kind"], m["metadata"]["name"]): entry_for(m) for m in desired}
+
+
+def snapshot(spec: Mapping[str, Any], children: Mapping[tuple[str, str], ChildEntry] | None = None,
+             istio: IstioApi | None = ISTIO, deleting: bool = False,
+             status: Mapping[str, Any] | None = None) -> Snapshot:
+    parsed = specs.validate(OWNER.name, spec)
+    return Snapshot(
+        key=(OWNER.namespace, OWNER.name), body=body(spec, deleting), status=status, generation=3, spec=parsed,
+        children=dict(children or {}), deployments={}, pods=(), claims={"models": "Bound"}, istio=istio,
+    )
+
+
+def ids(manifests: Any) -> list[str]:
+    return [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+
+
+WITH_CANARY = {**BASE_SPEC, "canary": CANARY}
+EVERYTHING = ["Deployment/sentiment-stable", "HorizontalPodAutoscaler/sentiment-stable", "Service/sentiment",
+              "PodDisruptionBudget/sentiment", "DestinationRule/sentiment", "VirtualService/sentiment"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    snapshot: Snapshot
+    apply: list[str]
+    delete: list[str] = field(default_factory=list)
+
+
+STABLE = ("Deployment", "sentiment-stable")
+
+
+def after(spec: Mapping[str, Any], converged_for: Mapping[str, Any] | None = None,
+          changed: Mapping[tuple[str, str], Mapping[str, Any] | None] | None = None,
+          istio: IstioApi | None = ISTIO) -> Snapshot:
+    """A resource with `spec` whose children converged for `converged_for` (default: the same spec),
+    then had some children changed by hand (None: deleted)."""
+    children = converged(converged_for or spec, ISTIO)
+    for key, changes in (changed or {}).items():
+        if changes is None:
+            del children[key]
+        else:
+            children[key] = replace(children[key], **changes)
+    return snapshot(spec, children, istio=istio)
+
+
+FIXED = {**BASE_SPEC, "replicas": {"min": 2}}  # a fixed count: the Deployment carries replicas
+DARK_CANARY = {**BASE_SPEC, "canary": {**CANARY, "trafficPercent": 0}}
+
+
+CASES = [
+    Case("new resource: every child", snapshot(BASE_SPEC), EVERYTHING),
+    Case("converged: nothing", snapshot(BASE_SPEC, converged(BASE_SPEC, ISTIO)), []),
+    Case("hand-edited child: taken back", after(BASE_SPEC, changed={STABLE: {"foreign_edit": True}}),
+         ["Deployment/sentiment-stable"]),
+    Case("hand-scaled Deployment: scaled back", after(FIXED, changed={STABLE: {"replicas": 5}}),
+         ["Deployment/sentiment-stable"]),
+    Case("hand-deleted Service: put back", after(BASE_SPEC, changed={("Service", "sentiment"): None}),
+         ["Service/sentiment"]),
+    Case("canary removed from the spec: its children deleted", after(BASE_SPEC, converged_for=WITH_CANARY),
+         ["Service/sentiment", "VirtualService/sentiment"],
+         ["Deployment/sentiment-canary", "HorizontalPodAutoscaler/sentiment-canary"]),
+    Case("vanished canary Deployment: re-created",
+         after(WITH_CANARY, changed={("Deployment", "sentiment-canary"): None}), ["Deployment/sentiment-canary"]),
+    Case("Istio uninstalled: Service re-applied, Istio objects not addressed", after(DARK_CANARY, istio=None),
+         ["Service/sentiment"]),
+    Case("invalid spec: nothing touched", snapshot({"model": {"pvc": "models", "path": "/abs.onnx"}}), []),
+    Case("being deleted: nothing touched", snapshot(BASE_SPEC, deleting=True), []),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_plan(case: Case) -> None:
+    plan = plan_children(case.snapshot, CONFIG)
+    assert ids(plan.apply) == case.apply
+    assert [f"{ref.kind.kind}/{ref.name}" for ref in plan.delete] == case.delete
+    for ref in plan.delete:
+        assert ref.uid == f"uid-{ref.name}"  # only the object observed, never a newer namesake
+        assert ref.kind.version  # addressable
+
+
+def conditions(status: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_status_of_an_invalid_spec_names_the_field() -> None:
+    update = next_status(snapshot({"model": {"pvc": "models", "path": "/abs.onnx"}}), CONFIG, NOW, Outcome())
+    assert update is not None
+    ready = update.status["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
+    assert ready["message"].startswith("spec.model.path: ")
+    assert [(e.type, e.reason) for e in update.events] == [("Warning", "InvalidSpec")]
+
+
+def test_status_reports_apply_errors_by_child() -> None:
+    outcome = Outcome(errors={"Service/sentiment": "Service \"sentiment\" is invalid: spec.ports: Required value"})
+    update = next_status(snapshot(BASE_SPEC), CONFIG, NOW, outcome)
+    assert update is not None
+    state = conditions(update.status)
+    assert state["Ready"] == ("False", "ApplyFailed")
+    assert state["RoutingReady"] == ("False", "ApplyFailed")
+    assert "Service/sentiment: " in update.status["conditions"][0]["message"]
+
+
+def test_status_uses_the_deployment_just_applied() -> None:
+    applied = {"metadata": {"name": "sentiment-stable", "generation": 1}, "spec": {"replicas": 2}, "status": {}}
+    from modeldeploy_operator.status import summarize_deployment
+
+    update = next_status(snapshot(BASE_SPEC), CONFIG, NOW, Outcome(applied={"stable": summarize_deployment(applied)}))
+    assert update is not None
+    assert conditions(update.status)["StableReady"] == ("False", "RolloutPending")
+
+
+def test_unchanged_status_is_not_written_again() -> None:
+    first = next_status(snapshot(BASE_SPEC), CONFIG, NOW, Outcome())
+    assert first is not None
+    assert next_status(snapshot(BASE_SPEC, status=first.status), CONFIG, "2026-01-02T12:05:00Z", Outcome()) is None
+
+
+# The executor, against an in-memory API ----------------------------------------------------------------------
+
+class FakeApi:
+    """Stores what is applied (with a uid and generation, like the API server), refuses named children."""
+
+    def __init__(self, refuse: Mapping[str, KubeError] | None = None) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.refuse = dict(refuse or {})
+        self.applied: list[str] = []
+        self.deleted: list[str] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self._uids = itertools.count(1)
+
+    def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        label = f"{manifest['kind']}/{meta['name']}"
+        if label in self.refuse:
+            raise self.refuse[label]
+        self.applied.append(label)
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        stored = copy.deepcopy(dict(manifest))
+        before = self.objects.get(key)
+        stored["metadata"]["uid"] = before["metadata"]["uid"] if before else f"uid-{next(self._uids)}"
+        stored["metadata"]["generation"] = before["metadata"]["generation"] + 1 if before else 1
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool:
+        found = self.objects.get((kind.kind, namespace, name))
+        if found is None or (uid and found["metadata"]["uid"] != uid):
+            return False
+        del self.objects[(kind.kind, namespace, name)]
+        self.deleted.append(f"{kind.kind}/{name}")
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        self.statuses.append(dict(status))
+        return {}
+
+    def post_event(self, owner: Mapping[str, Any], event_type: str, reason: str, message: str,
+                   instance: str) -> None:
+        self.events.append((event_type, reason))
+
+    def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]:
+        return {}
+
+    def exists(self, collection: str, namespace: str, name: str) -> bool:
+        return False
+
+
+def controller(api: FakeApi, spec: Mapping[str, Any]) -> Controller:
+    ctl = Controller(api, OperatorConfig(), "test")
+    ctl.cache.set_istio_version("v1")
+    ctl.cache.observe_resource(body(spec))
+    return ctl
+
+
+def test_controller_converges_then_stays_quiet() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    assert ctl.reconcile(("ml", "sentiment"))
+    assert api.applied == EVERYTHING
+    assert len(api.statuses) == 1
+    api.applied.clear()
+    assert ctl.reconcile(("ml", "sentiment"))
+    assert api.applied == []  # the apply responses are in the cache: nothing differs
+    assert len(api.statuses) == 1
+
+
+def test_controller_deletes_the_removed_canary() -> None:
+    api = FakeApi()
+    ctl = controller(api, WITH_CANARY)
+    ctl.reconcile(("ml", "sentiment"))
+    ctl.cache.observe_resource({**body(BASE_SPEC), "metadata": {**body(BASE_SPEC)["metadata"], "generation": 4}})
+    ctl.reconcile(("ml", "sentiment"))
+    assert api.deleted == ["Deployment/sentiment-canary", "HorizontalPodAutoscaler/sentiment-canary"]
+
+
+def test_controller_reports_a_refused_child_and_asks_for_a_retry() -> None:
+    api = FakeApi(refuse={"Service/sentiment": KubeError(422, "Invalid", "spec.ports: Required value")})
+    ctl = controller(api, BASE_SPEC)
+    assert not ctl.reconcile(("ml", "sentiment"))
+    assert "Service/sentiment" not in api.applied
+    assert conditions(api.statuses[-1])["Ready"] == ("False", "ApplyFailed")
+    assert ("Warning", "ApplyFailed") in api.events
+
+
+def test_controller_gives_up_the_round_when_the_api_is_unreachable() -> None:
+    api = FakeApi(refuse={"Deployment/sentiment-stable": KubeError(0, "ConnectionError", "refused")})
+    ctl = controller(api, BASE_SPEC)
+    with pytest.raises(KubeError):
+        ctl.reconcile(("ml", "sentiment"))
+    assert api.statuses == []
