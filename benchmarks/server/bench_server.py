@@ -269,7 +269,7 @@ MAIN_BUCKETS = [
     ("metrics (prometheus_client)", ("prometheus_client",)),
     ("batcher: queue, dispatch, futures", ("Batcher.infer", "Batcher._dispatch", "Batcher._finish")),
     ("send response (uvicorn + socket write)", ("RequestResponseCycle.send",)),
-    ("infer handler, other", ("InferFastPath", "InferHandler", "DataPlane")),
+    ("infer handler, other", ("InferFront", "InferEndpoint", "read_body", "DataPlane")),
     ("HTTP parsing and protocol (uvicorn)", ("httptools_impl",)),
 ]
 WORKER_BUCKETS = [

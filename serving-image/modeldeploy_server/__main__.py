@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -44,9 +43,7 @@ class GracefulServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # Unlike uvicorn's own, this does not re-raise the signal afterwards: a drained stop exits 0.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+        # ``serve`` runs on the main thread, the only one allowed to set signal handlers.
         originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -95,7 +92,7 @@ def serve(settings: Settings) -> int:
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle)
     config = uvicorn.Config(
-        app.state.fast_path,  # the FastAPI app behind a raw ASGI front for the infer hot path
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -107,7 +104,7 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
-    server = GracefulServer(config, app.state.dataplane.begin_shutdown, settings.shutdown_drain_seconds)
+    server = GracefulServer(config, app.plane.begin_shutdown, settings.shutdown_drain_seconds)
     lifecycle.request_exit = server.request_exit
     try:
         server.run()

@@ -31,7 +31,7 @@ from modeldeploy_server.errors import (
     InvalidInputError,
     QueueFullError,
     ServerError,
-    UnavailableError,
+    ShuttingDownError,
 )
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,23 @@ class _Job:
         self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in feeds.items())
 
 
-def classify_failure(exc: BaseException) -> ServerError:
-    """onnxruntime rejecting input values (e.g. an index out of range) is the client's fault."""
+_SHAPE_WORDS = ("shape", "dimension", "broadcast")
+
+
+def classify_failure(exc: BaseException, feeds: Feeds) -> ServerError:
+    """Whose fault a failed run is. onnxruntime rejecting input values (an index out of range), or a
+    node refusing input shapes the model's metadata left open (the warm-up ran, these shapes do not),
+    is the client's: a 400 that names the tensors and their shapes. Anything else is the server's."""
     if isinstance(exc, ServerError):
         return exc
-    if type(exc).__name__ == "InvalidArgument":
-        return InvalidInputError(f"the model rejected the input: {exc}")
-    return InferenceFailedError(f"inference failed: {exc}")
+    kind = type(exc).__name__
+    message = str(exc)
+    if kind == "InvalidArgument":
+        return InvalidInputError(f"the model rejected the input: {message}")
+    if kind == "Fail" and "while running" in message and any(word in message.lower() for word in _SHAPE_WORDS):
+        shapes = ", ".join(f"{name!r} {list(array.shape)}" for name, array in feeds.items())
+        return InvalidInputError(f"the model cannot take input tensors {shapes}: {message}")
+    return InferenceFailedError(f"inference failed: {message}")
 
 
 class Batcher:
@@ -111,12 +121,9 @@ class Batcher:
         """Queue one request (``rows`` along dimension 0) and wait for its own output rows."""
         loop = self._loop
         if loop is None or self._closed:
-            raise UnavailableError("the server is shutting down", self._retry_after)
+            raise ShuttingDownError(self._retry_after)
         if len(self._pending) >= self._max_queue:
-            raise QueueFullError(
-                f"inference queue is full ({self._max_queue} requests waiting); retry later",
-                self._retry_after,
-            )
+            raise QueueFullError(self._max_queue, self._retry_after)
         future: asyncio.Future[Feeds] = loop.create_future()
         self._pending.append(_Job(feeds, rows, future, loop.time()))
         self._pending_rows += rows
@@ -197,8 +204,7 @@ class Batcher:
                 feeds, rows, results, seconds = self._execute(jobs)
             except BaseException as exc:  # never lose a batch: every caller gets an answer
                 log.exception("inference worker failed")
-                error = classify_failure(exc)
-                self._reply(jobs, [error] * len(jobs))
+                self._reply(jobs, [InferenceFailedError(f"inference failed: {exc}")] * len(jobs))
                 continue
             self._reply(jobs, results)
             if self._observer is not None:
@@ -224,7 +230,7 @@ class Batcher:
         except Exception as exc:
             seconds = time.perf_counter() - started
             if len(jobs) == 1:
-                return feeds, rows, [classify_failure(exc)], seconds
+                return feeds, rows, [classify_failure(exc, feeds)], seconds
             return feeds, rows, [self._run_alone(job) for job in jobs], seconds
         seconds = time.perf_counter() - started
         if len(jobs) == 1:
@@ -235,7 +241,7 @@ class Batcher:
         try:
             return self._run(job.feeds)
         except Exception as exc:
-            return classify_failure(exc)
+            return classify_failure(exc, job.feeds)
 
 
 def _split(outputs: Feeds, jobs: list[_Job], rows: int) -> list[Feeds | ServerError]:

@@ -1,14 +1,15 @@
 """The transport-independent core: readiness, metadata and inference over decoded tensors.
 
-Routes (``protocol``) decode HTTP into the dataclasses below and encode the results; everything about
-the model - which tensors it takes, checking what came against that, batching - lives here.
+Fronts (the REST routes and the raw ASGI infer front) decode their wire format into the dataclasses
+below and encode the results; everything about the model - which tensors it takes, checking what came
+against that, batching - lives here, and nothing about any wire format does.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from modeldeploy_server import __version__
 from modeldeploy_server.batching import Batcher, Feeds
 from modeldeploy_server.drift import InputMonitor, ProfileError, ReferenceBins, load_profile
-from modeldeploy_server.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
+from modeldeploy_server.errors import InvalidInputError, InvalidTensorError, ModelNotFoundError, ModelNotReadyError
 from modeldeploy_server.metrics import ServerMetrics
 from modeldeploy_server.model import LoadedModel, TensorSpec
 from modeldeploy_server.settings import Settings
@@ -38,18 +39,10 @@ class InputTensor:
 
 
 @dataclass
-class RequestedOutput:
-    name: str
-    binary: bool | None = None
-
-
-@dataclass
 class InferenceRequest:
     inputs: list[InputTensor]
     id: str | None = None
-    outputs: list[RequestedOutput] | None = None
-    binary_output: bool = False
-    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None  # names of the outputs wanted; None: all, in model order
 
 
 @dataclass
@@ -57,7 +50,6 @@ class OutputTensor:
     name: str
     datatype: str
     data: np.ndarray
-    binary: bool
 
 
 @dataclass
@@ -84,7 +76,7 @@ def prepare_feeds(
                 f"unknown input tensor {tensor.name!r}; the model's inputs are: {', '.join(sorted(known))}"
             )
         if tensor.name in by_name:
-            raise InvalidInputError(f"input tensor {tensor.name!r} is given more than once")
+            raise InvalidTensorError(tensor.name, "given more than once")
         by_name[tensor.name] = tensor
     feeds: Feeds = {}
     rows = 1
@@ -93,18 +85,12 @@ def prepare_feeds(
             raise InvalidInputError(f"missing input tensor {spec.name!r} (expected {spec.describe()})")
         tensor = by_name[spec.name]
         if tensor.datatype != spec.datatype:
-            raise InvalidInputError(
-                f"input tensor {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype}"
-            )
+            raise InvalidTensorError(spec.name, f"expected datatype {spec.datatype}, got {tensor.datatype}")
         if not _shape_fits(spec.shape, tensor.shape):
-            raise InvalidInputError(
-                f"input tensor {spec.name!r}: expected shape {list(spec.shape)}, got {list(tensor.shape)}"
-            )
+            raise InvalidTensorError(spec.name, f"expected shape {list(spec.shape)}, got {list(tensor.shape)}")
         data = tensor.data
         if not allow_non_finite and data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
-            raise InvalidInputError(
-                f"input tensor {spec.name!r}: expected finite numbers, got NaN or infinity (or null)"
-            )
+            raise InvalidTensorError(spec.name, "expected finite numbers, got NaN or infinity (or null)")
         feeds[spec.name] = data
     if batchable and specs:
         batch_sizes = {name: array.shape[0] for name, array in feeds.items()}
@@ -112,7 +98,7 @@ def prepare_feeds(
         if len(set(batch_sizes.values())) > 1:
             raise InvalidInputError(f"input tensors disagree on the batch dimension (dimension 0): {batch_sizes}")
         if rows == 0:
-            raise InvalidInputError(f"input tensor {specs[0].name!r}: the batch dimension is 0; send at least one row")
+            raise InvalidTensorError(specs[0].name, "the batch dimension is 0; send at least one row")
     return feeds, rows
 
 
@@ -207,18 +193,19 @@ class DataPlane:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
+    def _check_served(self, name: str, version: str | None) -> None:
+        if name != self.name or (version is not None and version != MODEL_VERSION):
+            raise ModelNotFoundError(name, version, self.name)
+
     def get_model(self, name: str, version: str | None = None) -> LoadedModel:
         """The loaded model by name (and version); 404 for other names, 503 while loading."""
-        if name != self.name or (version is not None and version != MODEL_VERSION):
-            suffix = f" version {version!r}" if version is not None else ""
-            raise ModelNotFoundError(f"model {name!r}{suffix} not found; this server serves {self.name!r}")
+        self._check_served(name, version)
         if self.model is None:
-            raise ModelNotReadyError(f"model {name!r} is still loading", self.settings.retry_after_seconds)
+            raise ModelNotReadyError(name, self.settings.retry_after_seconds)
         return self.model
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        if name != self.name or (version is not None and version != MODEL_VERSION):
-            raise ModelNotFoundError(f"model {name!r} not found; this server serves {self.name!r}")
+        self._check_served(name, version)
         return self.ready
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
@@ -239,8 +226,8 @@ class DataPlane:
 
     async def infer(self, name: str, request: InferenceRequest, version: str | None = None) -> InferenceResponse:
         model = self.get_model(name, version)
-        if self.batcher is None:
-            raise ModelNotReadyError(f"model {name!r} is still loading", self.settings.retry_after_seconds)
+        batcher = self.batcher
+        assert batcher is not None  # attach() starts it before the model becomes visible
         selected = self._select_outputs(model, request)
         feeds, rows = prepare_feeds(
             model.inputs,
@@ -248,25 +235,22 @@ class DataPlane:
             batchable=model.batchable,
             allow_non_finite=self.settings.allow_non_finite,
         )
-        results = await self.batcher.infer(feeds, rows)
-        outputs = [
-            OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name], binary=binary)
-            for spec, binary in selected
-        ]
+        results = await batcher.infer(feeds, rows)
+        outputs = [OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name]) for spec in selected]
         return InferenceResponse(model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id)
 
-    def _select_outputs(self, model: LoadedModel, request: InferenceRequest) -> list[tuple[TensorSpec, bool]]:
+    def _select_outputs(self, model: LoadedModel, request: InferenceRequest) -> list[TensorSpec]:
         if not request.outputs:
-            return [(spec, request.binary_output) for spec in model.outputs]
+            return list(model.outputs)
         specs = {spec.name: spec for spec in model.outputs}
         selected = []
         for wanted in request.outputs:
-            spec = specs.get(wanted.name)
+            spec = specs.get(wanted)
             if spec is None:
                 raise InvalidInputError(
-                    f"unknown output tensor {wanted.name!r}; the model's outputs are: {', '.join(sorted(specs))}"
+                    f"unknown output tensor {wanted!r}; the model's outputs are: {', '.join(sorted(specs))}"
                 )
-            selected.append((spec, request.binary_output if wanted.binary is None else wanted.binary))
+            selected.append(spec)
         return selected
 
 

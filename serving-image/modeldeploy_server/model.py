@@ -18,28 +18,28 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from modeldeploy_server.codec import DATATYPE_DTYPES
 from modeldeploy_server.errors import ModelLoadError
 from modeldeploy_server.settings import PROVIDER_NAMES, Settings
 
 log = logging.getLogger(__name__)
 
-# onnxruntime element type -> (Open Inference Protocol datatype, numpy dtype)
-_ONNX_TYPES: dict[str, tuple[str, np.dtype[Any]]] = {
-    "tensor(bool)": ("BOOL", np.dtype(np.bool_)),
-    "tensor(uint8)": ("UINT8", np.dtype(np.uint8)),
-    "tensor(uint16)": ("UINT16", np.dtype(np.uint16)),
-    "tensor(uint32)": ("UINT32", np.dtype(np.uint32)),
-    "tensor(uint64)": ("UINT64", np.dtype(np.uint64)),
-    "tensor(int8)": ("INT8", np.dtype(np.int8)),
-    "tensor(int16)": ("INT16", np.dtype(np.int16)),
-    "tensor(int32)": ("INT32", np.dtype(np.int32)),
-    "tensor(int64)": ("INT64", np.dtype(np.int64)),
-    "tensor(float16)": ("FP16", np.dtype(np.float16)),
-    "tensor(float)": ("FP32", np.dtype(np.float32)),
-    "tensor(double)": ("FP64", np.dtype(np.float64)),
-    "tensor(string)": ("BYTES", np.dtype(np.object_)),
+# onnxruntime element type -> Open Inference Protocol datatype
+_ONNX_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
 }
-DATATYPE_DTYPES: dict[str, np.dtype[Any]] = {oip: dtype for oip, dtype in _ONNX_TYPES.values()}
 _CHUNK = 1 << 20
 
 
@@ -129,11 +129,11 @@ def choose_providers(requested: Sequence[str], available: Sequence[str]) -> list
 
 
 def _tensor_spec(arg: Any) -> TensorSpec:
-    kind = _ONNX_TYPES.get(arg.type)
-    if kind is None:
+    datatype = _ONNX_DATATYPES.get(arg.type)
+    if datatype is None:
         raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which this server cannot carry")
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in (arg.shape or []))
-    return TensorSpec(name=arg.name, datatype=kind[0], dtype=kind[1], shape=shape)
+    return TensorSpec(name=arg.name, datatype=datatype, dtype=DATATYPE_DTYPES[datatype], shape=shape)
 
 
 def warm_up_feeds(inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
-"""Server settings: every command-line flag is also read from the environment the operator sets.
+"""Server settings, one pydantic-settings model: the environment the operator sets, and flags generated
+from the same fields.
 
 Precedence: command-line flag > environment variable > default. Environment names are the upper-cased
-field names (``MODEL_PATH``, ``MODEL_NAME``, ``MODEL_SHA256``, ``MODEL_ROOT``, ``PORT``, ...).
+field names (``MODEL_PATH``, ``MODEL_NAME``, ``MODEL_SHA256``, ``MODEL_ROOT``, ``PORT``, ...); each
+field's docstring is its ``--help`` text and its row in serving-image/README.md (``settings_table``).
 """
 
 from __future__ import annotations
@@ -25,46 +27,65 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Settings(BaseSettings):
-    """Validated configuration of one server process (one model per process)."""
+    """Validated configuration of one server process (one model per process).
 
-    model_config = SettingsConfigDict(case_sensitive=False, protected_namespaces=(), extra="ignore", frozen=True)
+    Each field is read from the upper-cased environment variable of its name and from a command-line
+    flag generated from it (``FLAGS`` names the short ones); its docstring is its help text.
+    """
 
-    model_path: Path = Field(description="The ONNX file to serve.")
-    model_name: str = Field("", description="Name in the URL; defaults to the file name without suffix.")
-    model_sha256: str | None = Field(None, description="Hex sha256 the file must match before loading.")
-    model_root: Path | None = Field(None, description="Folder the model must be under (operator: /models).")
+    model_config = SettingsConfigDict(
+        case_sensitive=False, protected_namespaces=(), extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    model_path: Path
+    """The ONNX file to serve."""
+    model_name: str = ""
+    """Name in `/v2/models/{name}`; empty means the file name without its suffix."""
+    model_sha256: str | None = None
+    """Hex sha256 the file must match before it is loaded (`sha256:` prefix allowed)."""
+    model_root: Path | None = None
+    """Folder the model's real path must lie under (the operator sets /models)."""
     host: str = "0.0.0.0"
+    """Listen address."""
     port: int = Field(8080, ge=1, le=65535)
-    max_batch_size: int = Field(32, ge=1, le=65536, description="Most rows coalesced into one run.")
-    max_batch_delay_ms: float = Field(
-        5.0, ge=0, le=10_000, description="Longest a request waits for others while a run is in flight."
-    )
-    intra_op_threads: int = Field(0, ge=0, le=1024, description="onnxruntime intra-op threads; 0 = its default.")
-    intra_op_spinning: bool = Field(
-        False, description="Let idle onnxruntime threads spin: a little lower latency, CPU burnt while idle."
-    )
-    inference_workers: int = Field(1, ge=1, le=64, description="Threads running batches concurrently.")
-    execution_providers: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
-        description='Providers in order, e.g. "tensorrt,cuda,cpu"; empty = CUDA if present, else CPU.',
-    )
+    """One port for inference, health, metrics and docs."""
+    max_batch_size: int = Field(32, ge=1, le=65536)
+    """Most rows coalesced into one run (models without an open batch dimension run one request at a time)."""
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    """Longest an idle worker waits for a batch to fill while another run is in flight; never waited when
+    nothing else is in flight."""
+    intra_op_threads: int = Field(0, ge=0, le=1024)
+    """onnxruntime threads per run; 0 is onnxruntime's choice. Set it to the pod's CPU count."""
+    intra_op_spinning: bool = False
+    """Let idle onnxruntime threads spin: a few % lower latency for compute-bound models on dedicated cores,
+    CPU burnt otherwise."""
+    inference_workers: int = Field(1, ge=1, le=64)
+    """Threads running batches concurrently."""
+    execution_providers: Annotated[tuple[str, ...], NoDecode] = ()
+    """Providers in order, e.g. `cuda,cpu` or `tensorrt,cuda,cpu`; empty means CUDA when present, else CPU."""
     termination_message_path: Path = Path("/dev/termination-log")
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
-    max_queue_size: int = Field(1024, ge=1, description="Requests waiting for a run; more get 503.")
-    retry_after_seconds: int = Field(1, ge=1, le=3600, description="Retry-After sent with 503.")
-    allow_non_finite: bool = Field(False, description="Accept NaN/Inf in float inputs.")
-    drift_profile_path: Path | None = Field(
-        None, description="Reference input profile (JSON); defaults to <model>.profile.json when present."
-    )
-    drift_window: int = Field(100_000, ge=100, description="Recent values per input the drift score covers.")
-    shutdown_drain_seconds: float = Field(
-        3.0, ge=0, le=600, description="After SIGTERM: keep serving, not ready, so endpoints catch up."
-    )
-    shutdown_timeout_seconds: float = Field(
-        20.0, ge=0, le=3600, description="Then: longest wait for in-flight requests before exiting."
-    )
+    """Where a load failure's reason is written (Kubernetes shows it in the pod's status)."""
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 413."""
+    max_queue_size: int = Field(1024, ge=1)
+    """Requests waiting for a worker; beyond it 503 with Retry-After."""
+    retry_after_seconds: int = Field(1, ge=1, le=3600)
+    """Retry-After sent with a 503."""
+    allow_non_finite: bool = False
+    """Accept NaN and infinity in float inputs."""
+    drift_profile_path: Path | None = None
+    """Reference input profile (JSON) for drift scores; empty means `<model stem>.profile.json` next to the
+    model, when present."""
+    drift_window: int = Field(100_000, ge=100)
+    """Recent values per input the drift score covers."""
+    shutdown_drain_seconds: float = Field(3.0, ge=0, le=600)
+    """After SIGTERM: not ready, still serving, while endpoints stop routing here."""
+    shutdown_timeout_seconds: float = Field(20.0, ge=0, le=3600)
+    """Then: longest wait for in-flight requests before exiting."""
     log_level: str = Field("info", pattern=r"^(?i)(critical|error|warning|info|debug)$")
+    """critical, error, warning, info or debug."""
     access_log: bool = False
+    """Log every request (uvicorn's access log)."""
 
     @field_validator("model_sha256", mode="before")
     @classmethod
@@ -116,37 +137,64 @@ class Settings(BaseSettings):
         return self.model_path.with_name(self.model_path.stem + ".profile.json")
 
 
-def _parser() -> argparse.ArgumentParser:
+FLAGS = {
+    "model_path": "--model",
+    "model_name": "--name",
+    "model_sha256": "--sha256",
+    "drift_profile_path": "--drift-profile",
+}
+"""Short flags for the fields people type most; every other flag is the field name in kebab case."""
+
+
+def flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def default_text(field: str) -> str:
+    info = Settings.model_fields[field]
+    if info.is_required():
+        return "required"
+    value = info.default
+    if value in (None, "", ()):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per settings field; values stay strings and are validated by the model, like the environment's."""
     parser = argparse.ArgumentParser(
         prog="python -m modeldeploy_server",
-        description="Serve one ONNX model over the Open Inference Protocol v2. "
-        "Every flag can also be set by the upper-cased environment variable named in brackets.",
+        description="Serve one ONNX model over the Open Inference Protocol v2. Every flag can also be set "
+        "by the environment variable named in brackets; a flag wins over the environment.",
     )
-    add = parser.add_argument
-    add("--model", dest="model_path", help="[MODEL_PATH] the ONNX file")
-    add("--name", dest="model_name", help="[MODEL_NAME] model name in URLs")
-    add("--sha256", dest="model_sha256", help="[MODEL_SHA256] expected hex digest")
-    add("--model-root", dest="model_root", help="[MODEL_ROOT] folder the model must be under")
-    add("--host", help="[HOST] listen address (0.0.0.0)")
-    add("--port", type=int, help="[PORT] listen port (8080)")
-    add("--max-batch-size", type=int, help="[MAX_BATCH_SIZE] (32)")
-    add("--max-batch-delay-ms", type=float, help="[MAX_BATCH_DELAY_MS] (5)")
-    add("--intra-op-threads", type=int, help="[INTRA_OP_THREADS] (0 = onnxruntime default)")
-    add("--intra-op-spinning", choices=["true", "false"], help="[INTRA_OP_SPINNING] (false)")
-    add("--inference-workers", type=int, help="[INFERENCE_WORKERS] (1)")
-    add("--execution-providers", help='[EXECUTION_PROVIDERS] e.g. "cuda,cpu"')
-    add("--termination-message-path", help="[TERMINATION_MESSAGE_PATH] (/dev/termination-log)")
-    add("--max-request-bytes", type=int, help="[MAX_REQUEST_BYTES] (64 MiB)")
-    add("--max-queue-size", type=int, help="[MAX_QUEUE_SIZE] (1024)")
-    add("--drift-profile", dest="drift_profile_path", help="[DRIFT_PROFILE_PATH] (<model>.profile.json)")
-    add("--shutdown-drain-seconds", type=float, help="[SHUTDOWN_DRAIN_SECONDS] (3)")
-    add("--shutdown-timeout-seconds", type=float, help="[SHUTDOWN_TIMEOUT_SECONDS] (20)")
-    add("--log-level", help="[LOG_LEVEL] (info)")
+    for field, info in Settings.model_fields.items():
+        default = default_text(field)
+        source = f"[{env_name(field)}; {default if default == 'required' else 'default ' + default}]"
+        help_text = f"{source} {info.description or ''}".replace("%", "%%")
+        if info.annotation is bool:
+            parser.add_argument(flag(field), dest=field, nargs="?", const="true", metavar="true|false", help=help_text)
+        else:
+            parser.add_argument(flag(field), dest=field, metavar=env_name(field), help=help_text)
     return parser
+
+
+def settings_table() -> str:
+    """The configuration table of serving-image/README.md, from the model."""
+    rows = ["| Environment | Flag | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for field, info in Settings.model_fields.items():
+        meaning = " ".join((info.description or "").split())
+        rows.append(f"| `{env_name(field)}` | `{flag(field)}` | {default_text(field)} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """Build settings from flags over the environment; raises pydantic.ValidationError when invalid."""
-    namespace = _parser().parse_args(argv)
+    namespace = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(namespace).items() if value is not None}
     return Settings(**overrides)

@@ -144,6 +144,41 @@ def build_dynamic(path: Path) -> Path:
     return _save(graph, path)
 
 
+def build_open(path: Path) -> Path:
+    """Open dimensions but no batch dimension (a scalar output), so any shape reaches onnxruntime:
+    ``x`` FP32 [a, b] -> ``total`` = sum of x, FP32 []; ``s`` BYTES [n] -> ``echo`` = s, BYTES [n]."""
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+        helper.make_node("Identity", ["s"], ["echo"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "open",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, ["n"]),
+        ],
+        [
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("echo", TensorProto.STRING, ["n"]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def build_constrained(path: Path) -> Path:
+    """Metadata leaves both dimensions open, the graph does not: ``x`` FP32 [batch, n] plus a [4] bias,
+    so only n = 1 (broadcast) or n = 4 runs -> ``y`` FP32 [batch, 4]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        "constrained",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")],
+    )
+    return _save(graph, path)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -231,6 +266,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_two_io(folder / "two_io.onnx")
     build_dynamic(folder / "dynamic.onnx")
     build_slow(folder / "slow.onnx")
+    build_open(folder / "open.onnx")
+    build_constrained(folder / "constrained.onnx")
     return folder
 
 
@@ -289,3 +326,13 @@ def two_io_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def dynamic_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield from _module_server(model_dir / "dynamic.onnx", tmp_path_factory.mktemp("dynamic"))
+
+
+@pytest.fixture(scope="module")
+def open_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _module_server(model_dir / "open.onnx", tmp_path_factory.mktemp("open"))
+
+
+@pytest.fixture(scope="module")
+def constrained_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from _module_server(model_dir / "constrained.onnx", tmp_path_factory.mktemp("constrained"))

@@ -1,0 +1,92 @@
+"""The FastAPI routes: server and model metadata, health, readiness and metrics.
+
+Inference is not here: the raw ASGI front (``infer_front``) answers it before routing. Health has one
+implementation, answered both at the Open Inference Protocol paths and at the probe paths.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from modeldeploy_server.dataplane import DataPlane
+from modeldeploy_server.metrics import CONTENT_TYPE, ServerMetrics
+from modeldeploy_server.openapi import (
+    ERRORS,
+    MODEL_ERRORS,
+    TAG,
+    ModelMetadataResponse,
+    ServerMetadataResponse,
+    VersionParam,
+    model_name_path,
+)
+
+
+def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
+    """Every route but inference; the served model's name appears as the only value of ``model_name``."""
+    router = APIRouter()
+    served_model = Annotated[str, model_name_path(plane)]
+
+    async def live() -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready() -> Response:
+        return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
+
+    def model_readiness(name: str, version: str | None) -> Response:
+        ready = plane.model_ready(name, version)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    for prefix, tag in (("/v2", TAG), ("", "health")):
+        router.add_api_route(f"{prefix}/health/live", live, methods=["GET"], tags=[tag], summary="Liveness")
+        router.add_api_route(
+            f"{prefix}/health/ready",
+            ready,
+            methods=["GET"],
+            tags=[tag],
+            summary="Readiness (503 while loading or draining)",
+            responses={503: ERRORS[503]},
+        )
+
+    @router.get("/v2", tags=[TAG], response_model=ServerMetadataResponse, summary="Server metadata")
+    async def server_metadata() -> Response:
+        return JSONResponse(plane.server_metadata())
+
+    @router.get(
+        "/v2/models/{model_name}",
+        tags=[TAG],
+        response_model=ModelMetadataResponse,
+        summary="Model metadata",
+        responses=MODEL_ERRORS,
+    )
+    async def model_metadata(model_name: served_model) -> Response:
+        return JSONResponse(plane.model_metadata(model_name))
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}",
+        tags=[TAG],
+        response_model=ModelMetadataResponse,
+        summary="Model version metadata",
+        responses=MODEL_ERRORS,
+    )
+    async def model_version_metadata(model_name: served_model, version: VersionParam) -> Response:
+        return JSONResponse(plane.model_metadata(model_name, version))
+
+    @router.get("/v2/models/{model_name}/ready", tags=[TAG], summary="Model readiness", responses=MODEL_ERRORS)
+    async def model_ready(model_name: served_model) -> Response:
+        return model_readiness(model_name, None)
+
+    @router.get(
+        "/v2/models/{model_name}/versions/{version}/ready",
+        tags=[TAG],
+        summary="Model version readiness",
+        responses=MODEL_ERRORS,
+    )
+    async def model_version_ready(model_name: served_model, version: VersionParam) -> Response:
+        return model_readiness(model_name, version)
+
+    @router.get("/metrics", tags=["metrics"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
