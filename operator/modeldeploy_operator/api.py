@@ -66,6 +66,8 @@ class DiscoveryApi(Protocol):
 
     def istio_version(self) -> str | None: ...
 
+    def keda_installed(self) -> bool: ...
+
 
 class LeaseApi(Protocol):
     """A coordination.k8s.io Lease: read, create, and replace with optimistic concurrency (409 on a race)."""

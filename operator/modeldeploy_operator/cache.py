@@ -50,6 +50,8 @@ class OwnerChildren:
     children: dict[ChildId, ChildEntry] = field(default_factory=dict)
     deployments: dict[str, statuses.DeploymentView] = field(default_factory=dict)
     pods: dict[str, statuses.PodView] = field(default_factory=dict)
+    hpas: dict[str, statuses.HpaView] = field(default_factory=dict)  # ours and those KEDA made for us
+    scaled_objects: dict[str, statuses.ScaledObjectView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class Snapshot:
     pods: tuple[statuses.PodView, ...]
     claims: Mapping[str, str | None]  # claim -> phase, None when missing
     istio: IstioApi | None
+    keda: bool = False
+    hpas: Mapping[str, statuses.HpaView] = field(default_factory=dict)
+    scaled_objects: Mapping[str, statuses.ScaledObjectView] = field(default_factory=dict)
 
     @property
     def deleting(self) -> bool:
@@ -80,6 +85,14 @@ def _foreign_spec_edit(body: Mapping[str, Any]) -> bool:
         if "f:spec" in (entry.get("fieldsV1") or {}):
             return True
     return False
+
+
+def controlled_by_us(body: Mapping[str, Any]) -> bool:
+    """Whether a ModelDeployment controls the object. KEDA copies a ScaledObject's labels onto the HPA it
+    makes: that HPA carries our labels but belongs to KEDA, so it is observed, never pruned."""
+    refs = body.get("metadata", {}).get("ownerReferences") or []
+    controller = next((ref for ref in refs if ref.get("controller")), None)
+    return controller is None or controller.get("kind") == names.KIND
 
 
 def owner_key(body: Mapping[str, Any]) -> Key | None:
@@ -105,6 +118,7 @@ class WatchCache:
         self._claims: dict[tuple[str, str], str] = {}
         self._istio_crds: dict[str, str] = {}  # CRD kind -> preferred served version
         self._istio_known = False
+        self._keda = False
         self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
 
     # Initial sync ----------------------------------------------------------------------------------------
@@ -167,6 +181,9 @@ class WatchCache:
                 pods=tuple(owner.pods.values()),
                 claims={claim: self._claims.get((key[0], claim)) for claim in entry.claims},
                 istio=self._istio_locked(),
+                keda=self._keda,
+                hpas=dict(owner.hpas),
+                scaled_objects=dict(owner.scaled_objects),
             )
 
     def resource_keys(self) -> list[Key]:
@@ -204,11 +221,17 @@ class WatchCache:
         )
         view = statuses.summarize_deployment(body) if kind == "Deployment" else None
         track = (meta.get("labels") or {}).get(names.LABEL_TRACK)
+        ours = controlled_by_us(body)
         with self._lock:
             owner = self._owners.setdefault(key, OwnerChildren())
-            owner.children[(kind, meta["name"])] = entry
-            if view is not None and track:
+            if ours:
+                owner.children[(kind, meta["name"])] = entry
+            if view is not None and track and ours:
                 owner.deployments[track] = view
+            if kind == names.HPA.kind:
+                owner.hpas[meta["name"]] = statuses.summarize_hpa(body)
+            elif kind == names.SCALED_OBJECT.kind and ours:
+                owner.scaled_objects[meta["name"]] = statuses.summarize_scaled_object(body)
         return key
 
     def forget_child(self, body: Mapping[str, Any], kind: str | None = None) -> Key | None:
@@ -223,6 +246,10 @@ class WatchCache:
                 gone = owner.children.pop((kind, name), None)
                 if kind == "Deployment" and track and gone is not None:
                     owner.deployments.pop(track, None)
+                if kind == names.HPA.kind:
+                    owner.hpas.pop(name, None)
+                elif kind == names.SCALED_OBJECT.kind:
+                    owner.scaled_objects.pop(name, None)
                 self._drop_if_empty(key, owner)
         return key
 
@@ -247,7 +274,7 @@ class WatchCache:
         return key
 
     def _drop_if_empty(self, key: Key, owner: OwnerChildren) -> None:
-        if not owner.children and not owner.pods:
+        if not owner.children and not owner.pods and not owner.hpas:
             self._owners.pop(key, None)
 
     # Claims and Istio ------------------------------------------------------------------------------------
@@ -285,6 +312,16 @@ class WatchCache:
         if all(kind.kind in self._istio_crds for kind in names.ISTIO_KINDS):
             return IstioApi(self._istio_crds[names.VIRTUAL_SERVICE.kind])
         return None
+
+    def set_keda(self, installed: bool) -> bool:
+        """Record whether KEDA's ScaledObject CRD is installed; True when that changed."""
+        with self._lock:
+            changed, self._keda = self._keda != installed, installed
+            return changed
+
+    def keda(self) -> bool:
+        with self._lock:
+            return self._keda
 
     def istio(self) -> IstioApi | None:
         with self._lock:

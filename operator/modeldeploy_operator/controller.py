@@ -85,6 +85,8 @@ class Controller:
         if istio:
             version = (self.cache.istio() or IstioApi()).version
             targets += [(kind.at_version(version), managed) for kind in names.ISTIO_KINDS]
+        if self.cache.keda():
+            targets += [(kind, managed) for kind in names.KEDA_KINDS]
         return targets
 
     def wait_for_sync(self, istio: bool, timeout: float = 180.0) -> None:

@@ -27,7 +27,8 @@ from modeldeploy_operator import kube, names
 from modeldeploy_operator.controller import Runtime
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-ISTIO_CRDS = {names.istio_crd_name(kind): kind.kind for kind in names.ISTIO_KINDS}
+ISTIO_CRDS = {names.crd_name(kind): kind.kind for kind in names.ISTIO_KINDS}
+KEDA_CRD = names.crd_name(names.SCALED_OBJECT)
 
 
 def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
@@ -107,6 +108,20 @@ async def istio_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo
         controller.enqueue_all()
 
 
+# KEDA's ScaledObject CRD appearing or going away switches the custom autoscaling signals on or off ------------
+
+def _is_keda_crd(name: str | None, **_: Any) -> bool:
+    return name == KEDA_CRD
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_keda_crd)
+async def keda_crd_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
+    installed = event["type"] != "DELETED" and kube.serves_version(body, names.SCALED_OBJECT.version)
+    if controller.cache.set_keda(installed):
+        controller.enqueue_all()
+
+
 # Operator lifecycle ------------------------------------------------------------------------------------------
 
 @kopf.on.startup()
@@ -138,6 +153,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
     controller.cache.set_istio_version(await asyncio.to_thread(memo.discovery.istio_version))
+    controller.cache.set_keda(await asyncio.to_thread(memo.discovery.keda_installed))
     controller.start(istio=controller.cache.istio() is not None)
     memo.elector.start()
 

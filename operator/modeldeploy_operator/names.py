@@ -41,7 +41,8 @@ MODEL_SOURCE_READY = "ModelSourceReady"
 STABLE_READY = "StableReady"
 CANARY_READY = "CanaryReady"
 ROUTING_READY = "RoutingReady"
-CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY)
+AUTOSCALING_READY = "AutoscalingReady"
+CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY, AUTOSCALING_READY)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,13 @@ ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order when several 
 DESTINATION_RULE = Kind(ISTIO_GROUP, "", "DestinationRule", "destinationrules")
 VIRTUAL_SERVICE = Kind(ISTIO_GROUP, "", "VirtualService", "virtualservices")
 ISTIO_KINDS = (DESTINATION_RULE, VIRTUAL_SERVICE)
-CHILD_KINDS = (*CORE_CHILD_KINDS, *ISTIO_KINDS)
+
+# KEDA: a ScaledObject per autoscaled track when custom signals are asked for and its CRD is installed.
+# KEDA makes the HorizontalPodAutoscaler itself (owned by the ScaledObject, named keda-hpa-<name>).
+SCALED_OBJECT = Kind("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+KEDA_KINDS = (SCALED_OBJECT,)
+KEDA_HPA_PREFIX = "keda-hpa-"
+CHILD_KINDS = (*CORE_CHILD_KINDS, *ISTIO_KINDS, *KEDA_KINDS)
 CHILD_KIND_BY_NAME = {kind.kind: kind for kind in CHILD_KINDS}
 
 # What else the operator reads or writes.
@@ -97,7 +104,7 @@ LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 EVENT = Kind("", "v1", "Event", "events")
 
 
-def istio_crd_name(kind: Kind) -> str:
+def crd_name(kind: Kind) -> str:
     """The CustomResourceDefinition's name, e.g. virtualservices.networking.istio.io."""
     return f"{kind.plural}.{kind.group}"
 

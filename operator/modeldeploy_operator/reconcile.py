@@ -66,7 +66,7 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
     if snapshot.deleting or not isinstance(spec, specs.ModelDeploymentSpec):
         return Plan()  # going away (garbage collection removes the children), or nothing usable to act on
     owner = builders.Owner.from_body(snapshot.body)
-    desired = builders.desired_children(owner, spec, config, snapshot.istio)
+    desired = builders.desired_children(owner, spec, config, snapshot.istio, snapshot.keda)
     apply = tuple(m for m in desired if needs_apply(m, snapshot.children.get((m["kind"], m["metadata"]["name"]))))
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     delete = []
@@ -97,6 +97,9 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
             pods=snapshot.pods,
             istio=snapshot.istio,
             apply_errors=outcome.errors,
+            keda=snapshot.keda,
+            hpas=snapshot.hpas,
+            scaled_objects=snapshot.scaled_objects,
         )
         status = statuses.compute_status(observation, snapshot.status, now, config)
     if statuses.same_status(snapshot.status, status):
