@@ -83,7 +83,7 @@ PANELS: list[tuple[str, str, str, str]] = [
     (
         "Autoscaler current vs desired replicas (kube-state-metrics)",
         "short",
-        f"{{{{__name__=~{HPA_SERIES}, {HPA_SCOPE}}}}}",
+        f"{{__name__=~{HPA_SERIES}, {HPA_SCOPE}}}",
         "{{horizontalpodautoscaler}} {{__name__}}",
     ),
     (
