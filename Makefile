@@ -55,6 +55,9 @@ bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores)
 	$(PY) benchmarks/control_plane/bench_cluster.py
 	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
 	$(PY) benchmarks/operator/bench_operator.py
+	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then \
+		$(PY) benchmarks/realnode/bench_real_node.py; \
+	else echo "bench_real_node: skipped (a real node needs root and the packages .ci/run installs)"; fi
 
 demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
 	$(PY) hack/demo.py

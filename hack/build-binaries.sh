@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, kwok, helm) from the Go module proxy into a cache folder outside the repo.
+# With --with-node, also what a real node runs: kubelet and kube-proxy (same Kubernetes pin),
+# CoreDNS (its own pin, cached in its own folder) and the pause binary compiled from the
+# Kubernetes source (build/pause/linux/pause.c, static).
 #
 # Prints the folder holding the binaries on its last line. Rebuilds only what is missing, so a
 # warm cache costs a few stat calls. KUBEBUILDER_ASSETS (the envtest convention) wins when it
 # already holds kube-apiserver, etcd and kubectl; the rest is still built.
 set -euo pipefail
+
+with_node=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-node) with_node=true ;;
+    *) echo "usage: $0 [--with-node]" >&2; exit 2 ;;
+  esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -33,9 +44,31 @@ version_ldflags() {
   echo "$ldflags"
 }
 
+kube_commands() {
+  echo kube-apiserver kube-controller-manager kube-scheduler kubectl
+  if $with_node; then echo kubelet kube-proxy; fi
+}
+
+kube_tools_go() {  # every command of the wrapper module, so `go mod tidy` records all their sums
+  printf '//go:build tools\n\npackage tools\n\nimport (\n'
+  local cmd
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
+    printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"
+  done
+  printf ')\n'
+}
+
 build_kubernetes() {
   local mod="$work_dir/kubernetes-$KUBE_VERSION"
   mkdir -p "$mod"
+  local cmd missing=false
+  for cmd in $(kube_commands); do have "$cmd" || missing=true; done
+  $missing || return 0
+  if [ -f "$mod/go.sum" ] && ! cmp -s "$mod/tools.go" <(kube_tools_go); then
+    log "adding the node commands to the wrapper module"
+    kube_tools_go >"$mod/tools.go"
+    (cd "$mod" && go mod tidy -e >&2)
+  fi
   if [ ! -f "$mod/go.sum" ]; then
     log "preparing wrapper module for k8s.io/kubernetes $KUBE_VERSION"
     local upstream_mod
@@ -53,22 +86,10 @@ build_kubernetes() {
         | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
       echo ")"
     } >"$mod/go.mod"
-    cat >"$mod/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    kube_tools_go >"$mod/tools.go"
     (cd "$mod" && go mod tidy -e >&2)
   fi
-  local cmd
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in $(kube_commands); do
     have "$cmd" && continue
     log "building $cmd $KUBE_VERSION"
     (cd "$mod" && go build -trimpath -ldflags "$(version_ldflags)" -o "$bin_dir/$cmd" "k8s.io/kubernetes/cmd/$cmd")
@@ -130,10 +151,40 @@ kwok_stages() {
   mv "$out.tmp" "$out"
 }
 
+module_dir() {  # the unpacked source of a module version, from the module proxy
+  (cd "$work_dir" && go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+build_coredns() {
+  # Its own pin, so its own folder: changing COREDNS_VERSION rebuilds only CoreDNS.
+  local dir="$cache_root/coredns-$COREDNS_VERSION"
+  if [ ! -x "$dir/coredns" ]; then
+    log "building coredns $COREDNS_VERSION"
+    mkdir -p "$dir"
+    GOBIN="$dir" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  fi
+  ln -sfn "$dir/coredns" "$bin_dir/coredns"
+}
+
+build_pause() {
+  # The sandbox image's only binary; no image can be pulled here, so it is compiled from the source.
+  have pause && return 0
+  command -v gcc >/dev/null || { echo "gcc is needed to compile the pause binary" >&2; exit 1; }
+  log "compiling pause from k8s.io/kubernetes $KUBE_VERSION"
+  gcc -Os -static -DVERSION="$KUBE_VERSION" -o "$bin_dir/pause.tmp" \
+    "$(module_dir "k8s.io/kubernetes@$KUBE_VERSION")/build/pause/linux/pause.c"
+  strip "$bin_dir/pause.tmp" 2>/dev/null || true
+  mv "$bin_dir/pause.tmp" "$bin_dir/pause"
+}
+
 link_assets
 build_etcd
 build_kubernetes
 install_tool kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 install_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 kwok_stages
+if $with_node; then
+  build_coredns
+  build_pause
+fi
 echo "$bin_dir"

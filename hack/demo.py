@@ -4,7 +4,12 @@
 2. run the operator with exactly the chart's ClusterRole;
 3. put a tiny ONNX model on a volume, claim it, apply a ModelDeployment with a canary;
 4. watch `kubectl get md` turn Ready, move canary traffic with `kubectl patch`, read the split back;
-5. serve the same model with the serving image's server on loopback and answer a v2 inference request.
+5. ask the model something over the Open Inference Protocol v2.
+
+Where the machine can run a real node (root, the Debian packages of .ci/run), every step is real: the
+images are built from the Dockerfiles, the claim is a local-path volume filled with the models, Ready
+comes from the pods' readiness probes, and the answer comes through the Service. Elsewhere the pods run
+on kwok nodes (simulated) and the answer comes from the serving image's server started on loopback.
 
 The cluster and the operator keep running afterwards so you can try more; `make cluster-down` stops both.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import localcluster
+from localkube import images
+from localkube.node import missing_requirements
 
 REPO = localcluster.REPO_ROOT
 NAMESPACE = "default"
 NAME = "sentiment"
 OPERATOR_ACCOUNT = "modeldeploy-operator"
 TIMEOUT_S = 90.0
+REAL_TIMEOUT_S = 240.0
 
 
 def say(text: str) -> None:
@@ -45,20 +54,39 @@ class Demo:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.cluster = self._cluster()
+        self.real = bool(self.cluster.real_nodes)
         self.models_dir = state_dir / "models"
+        self.server_image = ""
 
     def _cluster(self) -> localcluster.Cluster:
         state_file = self.state_dir / "state.json"
         if state_file.exists():
-            state = json.loads(state_file.read_text())
             say(f"reusing the local control plane in {self.state_dir}")
-            return localcluster.Cluster(Path(state["kubeconfig"]), Path(state["bin_dir"]), self.state_dir)
-        say("starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
+            return localcluster.cluster_from_state(self.state_dir)
+        unavailable = missing_requirements() + [f"no {t}" for t in ("dockerd", "debootstrap") if not shutil.which(t)]
+        if unavailable:
+            print(f"no real node on this machine ({', '.join(unavailable)}): pods run on kwok nodes (simulated)")
+            say("starting a local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)")
+        else:
+            say("starting a local control plane and a real node (containerd, kubelet, kube-proxy, CoreDNS)")
         started = time.monotonic()
-        plane = localcluster.LocalControlPlane(localcluster.ensure_binaries(), self.state_dir, detach=True)
+        plane = localcluster.LocalControlPlane(
+            localcluster.ensure_binaries(with_node=not unavailable), self.state_dir, detach=True,
+            real_nodes=0 if unavailable else 1,
+        )
         cluster = plane.start()
         print(f"up in {time.monotonic() - started:.1f}s")
         return cluster
+
+    def build_images(self) -> None:
+        if not self.real:
+            return
+        say("building the serving image (Dockerfile.server, VARIANT=cpu) and loading it into the node")
+        started = time.monotonic()
+        docker = images.ensure_docker()
+        self.server_image = images.project_images(docker)["server"]
+        self.cluster.load_image(self.server_image)
+        print(f"{self.server_image} ready on the node in {time.monotonic() - started:.1f}s")
 
     def show(self, *args: str) -> str:
         """Run kubectl the way a user types it, and show both the command and its output."""
@@ -90,6 +118,8 @@ class Demo:
         kubeconfig = self.cluster.service_account_kubeconfig(NAMESPACE, OPERATOR_ACCOUNT)
         log_path = self.state_dir / "operator.log"
         env = dict(self.cluster.env, KUBECONFIG=str(kubeconfig), MODELDEPLOY_LIVENESS_ENDPOINT="")
+        if self.server_image:
+            env["MODELDEPLOY_SERVER_IMAGE"] = self.server_image
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "modeldeploy_operator"],
@@ -103,7 +133,34 @@ class Demo:
         print(f"operator pid {process.pid}, log {log_path}")
 
     def write_models(self) -> dict[str, str]:
+        if self.real:
+            say("claiming a local-path volume and filling it with two tiny ONNX models (v1 and v2)")
+            self.show("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "pvc.yaml"))
+            wait_for("the claim to bind", lambda: self.jsonpath("pvc", "models", "{.status.phase}") == "Bound")
+            volume_name = self.jsonpath("pvc", "models", "{.spec.volumeName}")
+            self.models_dir = Path(self.cluster.kubectl(
+                "get", "pv", volume_name, "-o", "jsonpath={.spec.hostPath.path}").stdout)
+            return self._write_model_files()
         say("writing two tiny ONNX models (v1 and v2) onto a volume, and claiming it")
+        requests = self._write_model_files()
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": "demo-models"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(self.models_dir), "type": "Directory"},
+            },
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(volume))
+        self.show("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "pvc.yaml"))
+        wait_for("the claim to bind", lambda: self.jsonpath("pvc", "models", "{.status.phase}") == "Bound")
+        return requests
+
+    def _write_model_files(self) -> dict[str, str]:
         requests = {}
         for version, seed in (("v1", 0), ("v2", 1)):
             path = self.models_dir / NAME / version / "model.onnx"
@@ -115,33 +172,21 @@ class Demo:
                 check=True,
             )
             requests[version] = made.stdout
-        volume = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": "demo-models"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": str(self.models_dir), "type": "Directory"},
-            },
-        }
-        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(volume))
-        self.show("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "pvc.yaml"))
-        wait_for("the claim to bind", lambda: self.jsonpath("pvc", "models", "{.status.phase}") == "Bound")
+            path.chmod(0o644)
         return requests
 
     def deploy(self) -> None:
         say("kubectl apply -f examples/modeldeployment-canary.yaml")
         self.show("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "modeldeployment-canary.yaml"))
         self.show("get", "md", "-n", NAMESPACE)
-        say("waiting for the operator to make it Ready (kwok runs the pods)")
+        say("waiting for the operator to make it Ready " + (
+            "(real pods: the readiness probes pass once the model is loaded)" if self.real else "(kwok runs the pods)"))
 
         def ready() -> bool:
             return self.jsonpath("md", NAME, '{.status.conditions[?(@.type=="Ready")].status}') == "True"
 
         started = time.monotonic()
-        wait_for("Ready=True", ready)
+        wait_for("Ready=True", ready, REAL_TIMEOUT_S if self.real else TIMEOUT_S)
         print(f"Ready after {time.monotonic() - started:.1f}s")
         self.show("get", "md", "-n", NAMESPACE)
         self.show("get", "deployments,hpa,services,pdb,virtualservices,destinationrules", "-n", NAMESPACE)
@@ -157,6 +202,21 @@ class Demo:
         print("$ kubectl get virtualservice sentiment -o jsonpath='{.spec.http[0].route[*].weight}'")
         print(self.jsonpath("virtualservice", NAME, "{.spec.http[0].route[*].weight}"))
         self.show("describe", "md", NAME, "-n", NAMESPACE)
+
+    def ask_the_service(self, request_body: str) -> None:
+        """Real pods: the answer comes from them, through the Service's ClusterIP (routed via the node)."""
+        say("asking the model through its Service (kube-proxy spreads requests over the ready pods)")
+        cluster_ip = self.jsonpath("service", NAME, "{.spec.clusterIP}")
+        port = self.jsonpath("service", NAME, "{.spec.ports[0].port}")
+        url = f"http://{cluster_ip}:{port}/v2/models/{NAME}/infer"
+        print(f"$ curl -s -H 'Content-Type: application/json' -d '{request_body.strip()}' {url}")
+        request = urllib.request.Request(
+            url, data=request_body.encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer = json.loads(response.read())
+        print(json.dumps(answer, indent=2))
+        print(f"inference answer: {answer['outputs'][0]['name']} = {answer['outputs'][0]['data']}")
 
     def serve(self, request_body: str) -> None:
         say("serving sentiment/v1 with the serving image's server on loopback, and asking it something")
@@ -216,11 +276,15 @@ def main() -> int:
     state_dir = localcluster.DEFAULT_STATE_DIR.resolve()
     demo = Demo(state_dir)
     demo.install_crds()
+    demo.build_images()
     requests = demo.write_models()
     demo.start_operator()
     demo.deploy()
     demo.move_traffic()
-    demo.serve(requests["v1"])
+    if demo.real:
+        demo.ask_the_service(requests["v1"])
+    else:
+        demo.serve(requests["v1"])
     demo.next_steps()
     return 0
 

@@ -182,6 +182,30 @@ def manifest(name: str = "sentiment", **spec_overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in document.items()}
 
 
+def bind_operator_rules(cluster: Cluster, namespace: str) -> tuple[str, Path]:
+    """A ServiceAccount bound to exactly the chart's rules; returns the role's name and its kubeconfig."""
+    rules = yaml.safe_load(RULES.read_text())
+    role_name = f"modeldeploy-operator-{namespace}"
+    cluster.apply_objects(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": role_name}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": role_name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+         "subjects": [{"kind": "ServiceAccount", "name": "modeldeploy-operator", "namespace": namespace}]},
+    )
+    return role_name, cluster.service_account_kubeconfig(namespace, "modeldeploy-operator")
+
+
+def refused_by_rbac(logs: str) -> list[str]:
+    return [line for line in logs.splitlines() if "forbidden" in line.lower() or " 403 " in line]
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+
+
 def install_istio(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ISTIO_CRDS))
     for name in ("virtualservices", "destinationrules"):

@@ -10,18 +10,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 import localcluster
-from testsupport.operator_harness import CRD, RULES, Harness, install_istio, uninstall_istio
+from testsupport.operator_harness import (
+    Harness,
+    bind_operator_rules,
+    install_crd,
+    install_istio,
+    refused_by_rbac,
+    uninstall_istio,
+)
 
 Cluster = localcluster.Cluster
 
 
 @pytest.fixture(scope="session")
 def operator_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+    install_crd(cluster)
 
 
 @pytest.fixture
@@ -39,17 +44,7 @@ def no_istio(cluster: Cluster) -> Iterator[None]:
 @pytest.fixture
 def harness(cluster: Cluster, namespace: str, operator_crds: None, tmp_path: Path) -> Iterator[Harness]:
     """A ServiceAccount bound to exactly the chart's rules; the operators started by the test run as it."""
-    rules = yaml.safe_load(RULES.read_text())
-    role_name = f"modeldeploy-operator-{namespace}"
-    cluster.apply_objects(
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": role_name}, "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": role_name},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-         "subjects": [{"kind": "ServiceAccount", "name": "modeldeploy-operator", "namespace": namespace}]},
-    )
-    kubeconfig = cluster.service_account_kubeconfig(namespace, "modeldeploy-operator")
+    role_name, kubeconfig = bind_operator_rules(cluster, namespace)
     harness = Harness(cluster, namespace, tmp_path, kubeconfig)
     try:
         yield harness
@@ -61,5 +56,5 @@ def harness(cluster: Cluster, namespace: str, operator_crds: None, tmp_path: Pat
         cluster.kubectl("delete", "pv", "-l", f"test-namespace={namespace}", "--wait=false", check=False)
         if os.environ.get("MODELDEPLOY_TEST_SHOW_LOGS"):
             print(logs)
-    refused = [line for line in logs.splitlines() if "forbidden" in line.lower() or " 403 " in line]
+    refused = refused_by_rbac(logs)
     assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])

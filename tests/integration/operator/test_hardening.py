@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from operator_harness import Harness, manifest
+from testsupport.operator_harness import Harness, manifest
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
