@@ -5,7 +5,9 @@
 #
 # Prometheus and KEDA carry `replace` lines in their go.mod, which `go install pkg@version`
 # refuses; they build through a small wrapper module that requires the release and copies those
-# lines. Prints one `NAME=PATH` line per binary.
+# lines. Prints one `NAME=PATH` line per binary, and `keda-crds=PATH` for KEDA's CRDs (from its module).
+#
+# Usage: build-metrics-binaries.sh [metrics-server] [prometheus] [keda] [keda-crds]   (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,7 +34,8 @@ wrapper_module() {  # folder, module, version: a module requiring the release wi
     echo
     echo "require $module $version"
     echo
-    grep -E '^(replace|exclude) ' "$upstream" || true
+    # single-line directives and parenthesized blocks alike
+    awk '/^(replace|exclude) \($/ {block=1} block || /^(replace|exclude) / {print} /^\)$/ {block=0}' "$upstream"
   } >"$mod/go.mod"
 }
 
@@ -60,12 +63,37 @@ build_wrapped() {  # name, module, version, ldflags, package...
   for pkg in "$@"; do echo "$(basename "$pkg")=$out/$(basename "$pkg")"; done
 }
 
-build_wrapped metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
-  "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
-  sigs.k8s.io/metrics-server/cmd/metrics-server
-build_wrapped prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
-  "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
-  github.com/prometheus/prometheus/cmd/prometheus
-build_wrapped keda github.com/kedacore/keda/v2 "$KEDA_VERSION" \
-  "-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
-  github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter
+keda_crds() {  # KEDA's own CRDs, with their schemas, from the release's module zip
+  local out="$cache_root/keda-$KEDA_VERSION/crds.yaml"
+  if [ ! -s "$out" ]; then
+    mkdir -p "$(dirname "$out")"
+    local dir file
+    dir=$(cd "$work_dir" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    : >"$out.tmp"
+    for file in "$dir"/config/crd/bases/*.yaml; do { echo "---"; cat "$file"; } >>"$out.tmp"; done
+    mv "$out.tmp" "$out"
+  fi
+  echo "keda-crds=$out"
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(keda-crds metrics-server prometheus keda)
+for component in "${components[@]}"; do
+  case "$component" in
+    keda-crds) keda_crds ;;
+    metrics-server)
+      build_wrapped metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
+        "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+        sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    prometheus)
+      build_wrapped prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+        "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+        github.com/prometheus/prometheus/cmd/prometheus ;;
+    keda)
+      build_wrapped keda github.com/kedacore/keda/v2 "$KEDA_VERSION" \
+        "-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
+        github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter ;;
+    *) echo "unknown component $component" >&2; exit 2 ;;
+  esac
+done

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
+import localcluster
 from testsupport.operator_harness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +91,55 @@ class Serving:
     def service_url(self, name: str = "sentiment") -> str:
         service = self.harness.get("service", name)
         return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+
+
+def write_heavy_model(folder: Path, relative: str, layers: int = 8, width: int = 1024) -> None:
+    """A deep MLP (64 -> width x layers -> 8, open batch) that keeps a core busy for milliseconds a row:
+    the CPU-heavy model of the autoscaling tests. Input `input`, FP32 [batch, 64]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    sizes = [64, *([width] * layers), 8]
+    nodes, weights = [], []
+    current = "input"
+    for index in range(len(sizes) - 1):
+        matrix = (rng.standard_normal((sizes[index], sizes[index + 1])) / np.sqrt(sizes[index])).astype(np.float32)
+        weights.append(numpy_helper.from_array(matrix, f"w{index}"))
+        last = index == len(sizes) - 2
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], ["output" if last else f"m{index}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"m{index}"], [f"r{index}"]))
+            current = f"r{index}"
+    graph = helper.make_graph(
+        nodes, "heavy", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])], initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    path.chmod(0o644)
+
+
+HEAVY_REQUEST = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+def post_infer(base_url: str, name: str, body: dict[str, Any], timeout: float = 30.0) -> int:
+    """One v2 inference; the HTTP status (0 when the connection failed)."""
+    request = urllib.request.Request(f"{base_url}/v2/models/{name}/infer", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
+def claim_folder(cluster: localcluster.Cluster, namespace: str, claim: str) -> Path:
+    volume = cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}").stdout
+    path = cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}").stdout
+    return Path(path)

@@ -12,7 +12,7 @@ import pytest
 
 import localcluster
 from testsupport.operator_harness import Harness, bind_operator_rules, install_crd, refused_by_rbac
-from testsupport.realpods import Serving
+from testsupport.realpods import Serving, claim_folder
 
 Cluster = localcluster.Cluster
 
@@ -20,12 +20,6 @@ Cluster = localcluster.Cluster
 @pytest.fixture(scope="session")
 def real_crds(real_cluster: Cluster) -> None:
     install_crd(real_cluster)
-
-
-def claim_folder(cluster: Cluster, namespace: str, claim: str) -> Path:
-    volume = cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}").stdout
-    path = cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}").stdout
-    return Path(path)
 
 
 @pytest.fixture

@@ -1,0 +1,284 @@
+"""Autoscaling on real pods with real load: metrics-server, Prometheus and KEDA run beside the real node
+(hack/localkube/metrics.py); the load is bounded and goes to the cluster's own addresses only.
+
+Each test records a timeline (seconds since the load started: when the autoscaler wanted more, when the
+new pods were Ready, when the count came back), printed with `-s` and attached to failures.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import localcluster
+from localkube.metrics import MetricsStack
+from testsupport.operator_harness import Harness, bind_operator_rules, refused_by_rbac
+from testsupport.realpods import HEAVY_REQUEST, REAL_NODE_SELECTOR, claim_folder, post_infer, write_heavy_model
+
+Cluster = localcluster.Cluster
+MODEL = "heavy/model.onnx"
+LOAD_LIMIT_S = 240.0  # no load runs longer than this, whatever happens
+SCALE_TIMEOUT_S = 150.0
+
+
+@pytest.fixture(scope="session")
+def metrics_stack(real_cluster: Cluster) -> Iterator[MetricsStack]:
+    """metrics-server, Prometheus and KEDA (operator and metrics adapter), started once per session."""
+    stack = MetricsStack(real_cluster, real_cluster.workdir / "metrics")
+    try:
+        stack.start_metrics_server()
+        stack.start_prometheus()
+        stack.start_keda()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@dataclass
+class Scaling:
+    harness: Harness
+    stack: MetricsStack
+    models: Path
+
+    def apply(self, name: str, autoscaling: dict[str, Any], *, replicas: dict[str, int], cpu: str = "100m",
+              cpu_limit: str | None = None, canary: dict[str, Any] | None = None) -> None:
+        limits: dict[str, str] = {"memory": "512Mi"}
+        if cpu_limit:
+            limits["cpu"] = cpu_limit
+        spec: dict[str, Any] = {
+            "model": {"pvc": "models", "path": MODEL}, "replicas": replicas, "autoscaling": autoscaling,
+            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": limits},
+            "batching": {"maxBatchSize": 1}, "nodeSelector": REAL_NODE_SELECTOR,
+        }
+        if canary:
+            spec["canary"] = canary
+        manifest = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
+                    "metadata": {"name": name}, "spec": spec}
+        self.harness.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def ready(self, name: str, track: str = "stable") -> int:
+        deployment = self.harness.get_or_none("deployment", f"{name}-{track}") or {}
+        return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+    def wanted(self, name: str, track: str = "stable") -> int:
+        deployment = self.harness.get_or_none("deployment", f"{name}-{track}") or {}
+        return int((deployment.get("spec") or {}).get("replicas") or 0)
+
+    def service_url(self, name: str) -> str:
+        service = self.harness.get("service", name)
+        return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+
+    def pod_urls(self, name: str, track: str) -> list[str]:
+        pods = self.harness.get("pods", "-l", f"modeldeploy.dev/name={name},modeldeploy.dev/track={track}")
+        return [f"http://{p['status']['podIP']}:8080" for p in pods["items"] if p["status"].get("podIP")]
+
+
+@pytest.fixture
+def scaling(real_cluster: Cluster, real_namespace: str, real_crds: None, real_images: dict[str, str],
+            metrics_stack: MetricsStack, tmp_path: Path) -> Iterator[Scaling]:
+    role_name, kubeconfig = bind_operator_rules(real_cluster, real_namespace)
+    harness = Harness(real_cluster, real_namespace, tmp_path, kubeconfig)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    harness.kubectl("apply", "-f", "-", input=json.dumps(claim))
+    harness.eventually(lambda: harness.get("pvc", "models")["status"].get("phase") == "Bound", 60, "claim bound")
+    models = claim_folder(real_cluster, real_namespace, "models")
+    write_heavy_model(models, MODEL)
+    harness.start_operator(MODELDEPLOY_SERVER_IMAGE=real_images["server"],
+                           MODELDEPLOY_PROMETHEUS_URL=metrics_stack.prometheus_url,
+                           MODELDEPLOY_METRICS_WINDOW="20s")
+    try:
+        yield Scaling(harness, metrics_stack, models)
+    finally:
+        for operator in harness.operators:
+            operator.stop()
+        logs = harness.logs()
+        real_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role_name, "--ignore-not-found",
+                             check=False)
+    refused = refused_by_rbac(logs)
+    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
+
+
+@dataclass
+class Load:
+    """Bounded closed-loop load: `clients` threads, each one request at a time, until stopped."""
+
+    urls: Callable[[], list[str]]
+    name: str
+    clients: int
+    statuses: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Load:
+        deadline = time.monotonic() + LOAD_LIMIT_S
+        for index in range(self.clients):
+            def client(index: int = index) -> None:
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    targets = self.urls()
+                    status = post_infer(targets[index % len(targets)], self.name, HEAVY_REQUEST)
+                    with self._lock:
+                        self.statuses[status] = self.statuses.get(status, 0) + 1
+                    if status != 200:
+                        time.sleep(0.2)
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def note(self, what: str) -> float:
+        at = round(time.monotonic() - self.started, 1)
+        self.events.append((at, what))
+        print(f"[timeline] t={at:6.1f}s {what}")
+        return at
+
+    def __str__(self) -> str:
+        return "\n".join(f"t={at:6.1f}s {what}" for at, what in self.events)
+
+
+def service_urls(s: Scaling, name: str) -> Callable[[], list[str]]:
+    url = s.service_url(name)
+    return lambda: [url]
+
+
+def test_cpu_heavy_model_scales_out_under_load_and_back_in_after(scaling: Scaling) -> None:
+    s, h = scaling, scaling.harness
+    s.apply("cpu-heavy", {"cpuUtilization": 50, "scaleDown": {"stabilizationWindowSeconds": 15}},
+            replicas={"min": 1, "max": 3})
+    h.wait_condition("cpu-heavy", "Ready", "True", timeout=180)
+    # `kubectl top` works: metrics-server reads the real node's kubelet.
+    top = h.eventually(lambda: h.kubectl("top", "pod", "--no-headers", check=False).stdout.strip(), 90,
+                       "kubectl top pod")
+    assert "cpu-heavy-stable-" in top
+    h.wait_condition("cpu-heavy", "AutoscalingReady", "True", "ScalingActive", timeout=90)
+
+    timeline = Timeline()
+    load = Load(service_urls(s, "cpu-heavy"), "cpu-heavy", clients=4).start()
+    timeline.note("load started (4 clients through the Service)")
+    try:
+        h.eventually(lambda: s.wanted("cpu-heavy") > 1, SCALE_TIMEOUT_S, "the HPA to add replicas")
+        timeline.note(f"HPA wants {s.wanted('cpu-heavy')} replicas")
+        h.eventually(lambda: s.ready("cpu-heavy") > 1, SCALE_TIMEOUT_S, "a second pod Ready")
+        timeline.note(f"{s.ready('cpu-heavy')} pods Ready")
+        status = h.md("cpu-heavy")["status"]["autoscaling"]["stable"]
+        assert status["autoscaler"] == "HorizontalPodAutoscaler/cpu-heavy-stable"
+        assert status["metrics"][0]["name"] == "cpu" and status["metrics"][0]["target"] == "50%"
+        assert int(status["metrics"][0]["current"].rstrip("%")) > 50, status
+    finally:
+        load.stop()
+    timeline.note(f"load stopped: {load.statuses}")
+    h.eventually(lambda: s.wanted("cpu-heavy") == 1 and s.ready("cpu-heavy") == 1, SCALE_TIMEOUT_S,
+                 f"back at the minimum\n{timeline}")
+    timeline.note("back at 1 replica")
+    assert set(load.statuses) == {200}, load.statuses
+    print(timeline)
+
+
+def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Scaling) -> None:
+    """Same load on two copies of a CPU-limited model: the CPU HPA sees at most its limit (never above
+    target), while in-flight requests pile up and the concurrency autoscaler adds pods."""
+    s, h = scaling, scaling.harness
+    common = {"replicas": {"min": 1, "max": 3}, "cpu": "100m", "cpu_limit": "100m"}
+    s.apply("slow-cpu", {"cpuUtilization": 100}, **common)  # type: ignore[arg-type]
+    s.apply("slow-inflight", {"concurrency": 2, "scaleDown": {"stabilizationWindowSeconds": 10}},
+            **common)  # type: ignore[arg-type]
+    for name in ("slow-cpu", "slow-inflight"):
+        h.wait_condition(name, "Ready", "True", timeout=180)
+        h.wait_condition(name, "AutoscalingReady", "True", "ScalingActive", timeout=120)
+    assert h.get("scaledobject", "slow-inflight-stable")["spec"]["triggers"][0]["type"] == "prometheus"
+
+    timeline = Timeline()
+    loads = [Load(service_urls(s, name), name, clients=6).start() for name in ("slow-cpu", "slow-inflight")]
+    timeline.note("load started: 6 clients on each")
+    cpu_seen: list[str] = []
+    try:
+        def inflight_scaled() -> bool:
+            cpu_status = h.md("slow-cpu")["status"].get("autoscaling", {}).get("stable", {})
+            cpu_seen.extend(m.get("current", "") for m in cpu_status.get("metrics", []) if m.get("current"))
+            assert s.wanted("slow-cpu") == 1, f"the CPU autoscaler scaled: {cpu_status}"
+            return s.ready("slow-inflight") > 1
+        h.eventually(inflight_scaled, SCALE_TIMEOUT_S, "concurrency to add pods")
+        timeline.note(f"slow-inflight: {s.ready('slow-inflight')} pods Ready; slow-cpu: {s.wanted('slow-cpu')}")
+        metrics = h.md("slow-inflight")["status"]["autoscaling"]["stable"]["metrics"]
+        assert metrics[0]["name"] == "concurrency" and metrics[0]["target"] == "2", metrics
+        # Keep the same load a while longer: the CPU autoscaler still has not moved.
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            inflight_scaled()
+            time.sleep(2)
+    finally:
+        for load in loads:
+            load.stop()
+    timeline.note("load stopped")
+    assert cpu_seen, "the CPU autoscaler never read a value: the comparison would mean nothing"
+    assert s.wanted("slow-cpu") == 1
+    print(timeline, f"CPU values the CPU-only autoscaler saw: {sorted(set(cpu_seen))}", sep="\n")
+
+
+def test_canary_and_stable_scale_independently(scaling: Scaling) -> None:
+    s, h = scaling, scaling.harness
+    canary = {"model": {"pvc": "models", "path": MODEL}, "trafficPercent": 0, "replicas": {"min": 1, "max": 2}}
+    s.apply("tracks", {"concurrency": 2}, replicas={"min": 1, "max": 3}, canary=canary)
+    h.wait_condition("tracks", "Ready", "True", timeout=180)
+    h.wait_condition("tracks", "AutoscalingReady", "True", "ScalingActive", timeout=120)
+    stable_pods = s.pod_urls("tracks", "stable")
+    load = Load(lambda: stable_pods, "tracks", clients=6).start()
+    try:
+        def stable_only() -> bool:
+            assert s.wanted("tracks", "canary") == 1, "the canary scaled on the stable track's load"
+            return s.ready("tracks", "stable") > 1
+        h.eventually(stable_only, SCALE_TIMEOUT_S, "the stable track to scale alone")
+    finally:
+        load.stop()
+    status = h.md("tracks")["status"]["autoscaling"]
+    assert status["canary"]["autoscaler"] == "ScaledObject/tracks-canary"
+    assert status["canary"]["desiredReplicas"] == 1
+
+
+def test_metrics_missing_keep_the_replicas_and_say_so(scaling: Scaling) -> None:
+    """Prometheus goes down while the track runs above its minimum: the HPA cannot read the signal, the
+    condition says so, the count stays (no flapping); with Prometheus back it scales in as it should."""
+    s, h = scaling, scaling.harness
+    s.apply("blind", {"concurrency": 2, "scaleDown": {"stabilizationWindowSeconds": 10}},
+            replicas={"min": 1, "max": 3})
+    h.wait_condition("blind", "Ready", "True", timeout=180)
+    h.wait_condition("blind", "AutoscalingReady", "True", "ScalingActive", timeout=120)
+    load = Load(service_urls(s, "blind"), "blind", clients=6).start()
+    try:
+        h.eventually(lambda: s.ready("blind") > 1, SCALE_TIMEOUT_S, "scaling out")
+    finally:
+        load.stop()
+    s.stack.stop("prometheus")
+    try:
+        held = s.wanted("blind")
+        failing = h.wait_condition("blind", "AutoscalingReady", "False", timeout=90)
+        assert failing["reason"] in {"FailedGetExternalMetric", "ScaledObjectCheckFailed"}, failing
+        counts = []
+        end = time.monotonic() + 45  # longer than the scale-down window: with metrics it would have gone in
+        while time.monotonic() < end:
+            counts.append(s.wanted("blind"))
+            time.sleep(3)
+        assert set(counts) == {held}, f"replicas moved without metrics: {counts}"
+    finally:
+        s.stack.start_prometheus()
+    h.wait_condition("blind", "AutoscalingReady", "True", timeout=120)
+    h.eventually(lambda: s.wanted("blind") == 1, SCALE_TIMEOUT_S, "scaling in once the metrics are back")
