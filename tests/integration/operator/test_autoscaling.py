@@ -45,7 +45,7 @@ def test_custom_signals_fall_back_to_cpu_until_keda_appears(harness: Harness, ke
     assert harness.eventually(lambda: hpa_cpu_target(harness, "sentiment-stable") == 70, 30, "the CPU HPA")
     hpa = harness.get("hpa", "sentiment-stable")
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
-    deployment = harness.get("deployment", "sentiment-stable")
+    deployment = harness.get("deployment", "sentiment-stable", "--show-managed-fields")
     applied = [f for f in deployment["metadata"]["managedFields"] if f["manager"] == "modeldeploy-operator"]
     assert all("f:replicas" not in f["fieldsV1"].get("f:spec", {}) for f in applied)  # the autoscaler's field
 

@@ -30,15 +30,21 @@ SCALE_TIMEOUT_S = 150.0
 
 @pytest.fixture(scope="session")
 def metrics_stack(real_cluster: Cluster) -> Iterator[MetricsStack]:
-    """metrics-server, Prometheus and KEDA (operator and metrics adapter), started once per session."""
+    """metrics-server, started once per session; Prometheus and KEDA join through `keda`."""
     stack = MetricsStack(real_cluster, real_cluster.workdir / "metrics")
     try:
         stack.start_metrics_server()
-        stack.start_prometheus()
-        stack.start_keda()
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def keda(metrics_stack: MetricsStack) -> MetricsStack:
+    """Prometheus scraping the serving pods, and KEDA's operator and metrics adapter."""
+    metrics_stack.start_prometheus()
+    metrics_stack.start_keda()
+    return metrics_stack
 
 
 @dataclass
@@ -193,7 +199,7 @@ def test_cpu_heavy_model_scales_out_under_load_and_back_in_after(scaling: Scalin
     print(timeline)
 
 
-def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Scaling) -> None:
+def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Scaling, keda: MetricsStack) -> None:
     """Same load on two copies of a CPU-limited model: the CPU HPA sees at most its limit (never above
     target), while in-flight requests pile up and the concurrency autoscaler adds pods."""
     s, h = scaling, scaling.harness
@@ -234,7 +240,7 @@ def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Sca
     print(timeline, f"CPU values the CPU-only autoscaler saw: {sorted(set(cpu_seen))}", sep="\n")
 
 
-def test_canary_and_stable_scale_independently(scaling: Scaling) -> None:
+def test_canary_and_stable_scale_independently(scaling: Scaling, keda: MetricsStack) -> None:
     s, h = scaling, scaling.harness
     canary = {"model": {"pvc": "models", "path": MODEL}, "trafficPercent": 0, "replicas": {"min": 1, "max": 2}}
     s.apply("tracks", {"concurrency": 2}, replicas={"min": 1, "max": 3}, canary=canary)
@@ -254,7 +260,7 @@ def test_canary_and_stable_scale_independently(scaling: Scaling) -> None:
     assert status["canary"]["desiredReplicas"] == 1
 
 
-def test_metrics_missing_keep_the_replicas_and_say_so(scaling: Scaling) -> None:
+def test_metrics_missing_keep_the_replicas_and_say_so(scaling: Scaling, keda: MetricsStack) -> None:
     """Prometheus goes down while the track runs above its minimum: the HPA cannot read the signal, the
     condition says so, the count stays (no flapping); with Prometheus back it scales in as it should."""
     s, h = scaling, scaling.harness
