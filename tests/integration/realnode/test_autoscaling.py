@@ -8,10 +8,9 @@ new pods were Ready, when the count came back), printed with `-s` and attached t
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import pytest
 
 import localcluster
 from localkube.metrics import MetricsStack
+from testsupport.loadgen import Load, Timeline
 from testsupport.operator_harness import Harness, bind_operator_rules, refused_by_rbac
-from testsupport.realpods import HEAVY_REQUEST, REAL_NODE_SELECTOR, claim_folder, post_infer, write_heavy_model
+from testsupport.realpods import REAL_NODE_SELECTOR, claim_folder, write_heavy_model
 
 Cluster = localcluster.Cluster
 MODEL = "heavy/model.onnx"
-LOAD_LIMIT_S = 240.0  # no load runs longer than this, whatever happens
 SCALE_TIMEOUT_S = 150.0
 
 
@@ -110,55 +109,6 @@ def scaling(real_cluster: Cluster, real_namespace: str, real_crds: None, real_im
                              check=False)
     refused = refused_by_rbac(logs)
     assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
-
-
-@dataclass
-class Load:
-    """Bounded closed-loop load: `clients` threads, each one request at a time, until stopped."""
-
-    urls: Callable[[], list[str]]
-    name: str
-    clients: int
-    statuses: dict[int, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Load:
-        deadline = time.monotonic() + LOAD_LIMIT_S
-        for index in range(self.clients):
-            def client(index: int = index) -> None:
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    targets = self.urls()
-                    status = post_infer(targets[index % len(targets)], self.name, HEAVY_REQUEST)
-                    with self._lock:
-                        self.statuses[status] = self.statuses.get(status, 0) + 1
-                    if status != 200:
-                        time.sleep(0.2)
-            thread = threading.Thread(target=client, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-
-@dataclass
-class Timeline:
-    started: float = field(default_factory=time.monotonic)
-    events: list[tuple[float, str]] = field(default_factory=list)
-
-    def note(self, what: str) -> float:
-        at = round(time.monotonic() - self.started, 1)
-        self.events.append((at, what))
-        print(f"[timeline] t={at:6.1f}s {what}")
-        return at
-
-    def __str__(self) -> str:
-        return "\n".join(f"t={at:6.1f}s {what}" for at, what in self.events)
 
 
 def service_urls(s: Scaling, name: str) -> Callable[[], list[str]]:
