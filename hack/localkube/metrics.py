@@ -29,6 +29,8 @@ from localkube.processes import free_port, spawn, stop_processes
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-metrics-binaries.sh"
 KEDA_NAMESPACE = "keda"
+METRICS_SERVER = "metrics-server"
+KEDA_ADAPTER = "keda-metrics-apiserver"
 SCRAPE_SECONDS = 5
 
 
@@ -85,7 +87,9 @@ class MetricsStack:
         ca = CertificateAuthority.load(KeyPair(self.ca_pem, (pki / "ca.key").read_bytes()))
         self.certs = self.workdir / "certs"
         self.certs.mkdir(exist_ok=True)
-        serving = ca.issue("modeldeploy-metrics", server_names=["localhost"], server_ips=[self.host, "127.0.0.1"])
+        # The aggregator checks the name <service>.<namespace>.svc of each APIService's Service.
+        names = ["localhost", f"{METRICS_SERVER}.kube-system.svc", f"{KEDA_ADAPTER}.{KEDA_NAMESPACE}.svc"]
+        serving = ca.issue("modeldeploy-metrics", server_names=names, server_ips=[self.host, "127.0.0.1"])
         serving.write(self.certs / "tls.crt", self.certs / "tls.key")
         (self.certs / "ca.crt").write_bytes(self.ca_pem)
         self.kubeconfig = str(self.cluster.kubeconfig)
@@ -132,16 +136,16 @@ class MetricsStack:
             f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",
             "--kubelet-preferred-address-types=InternalIP", f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-            "--kubelet-use-node-status-port", "--node-selector=type=real", "--metric-resolution=10s",
+            "--kubelet-use-node-status-port", "--node-selector=type=real", "--metric-resolution=15s",
+            "--kubelet-request-timeout=5s",
         ])
-        self.cluster.apply_objects(*aggregated_api("metrics.k8s.io", "v1beta1", "kube-system", "metrics-server",
+        self.cluster.apply_objects(*aggregated_api("metrics.k8s.io", "v1beta1", "kube-system", METRICS_SERVER,
                                                    self.host, port, self.ca_pem))
-        self._wait("metrics-server", lambda: self._api_available("v1beta1.metrics.k8s.io"))
+        self._wait("metrics-server", lambda: self._api_answers("/apis/metrics.k8s.io/v1beta1/nodes"))
 
-    def _api_available(self, name: str) -> bool:
-        done = self.cluster.kubectl("get", "apiservice", name, "-o",
-                                    'jsonpath={.status.conditions[?(@.type=="Available")].status}', check=False)
-        return done.stdout.strip() == "True"
+    def _api_answers(self, path: str) -> bool:
+        """The aggregated API answers through the API server (TLS, front proxy and authorization work)."""
+        return self.cluster.kubectl("get", "--raw", path, check=False).returncode == 0
 
     # Prometheus: scrapes every serving pod, labelled as the chart's ServiceMonitor labels them ------------
 
@@ -221,5 +225,5 @@ class MetricsStack:
             "--zap-log-level=info",
         ], env)
         self.cluster.apply_objects(*aggregated_api("external.metrics.k8s.io", "v1beta1", KEDA_NAMESPACE,
-                                                   "keda-metrics-apiserver", self.host, port, self.ca_pem))
-        self._wait("keda-adapter", lambda: self._api_available("v1beta1.external.metrics.k8s.io"))
+                                                   KEDA_ADAPTER, self.host, port, self.ca_pem))
+        self._wait("keda-adapter", lambda: self._api_answers("/apis/external.metrics.k8s.io/v1beta1"))
