@@ -257,6 +257,19 @@ class LocalControlPlane:
             [str(self.bin_dir / args[0]), *args[1:]], self.workdir / f"{name}.log", self.workdir, detach=self.detach
         )
 
+    def restart(self, name: str) -> None:
+        """SIGKILL one process and start it again with the same arguments, as after an OOM kill; for the
+        API server, return once /readyz answers again."""
+        process = self.processes[name]
+        argv = [str(arg) for arg in process.args]  # type: ignore[union-attr]  # always the list _spawn gave
+        process.kill()
+        process.wait(timeout=30)
+        self._spawn(name, [Path(argv[0]).name, *argv[1:]])
+        if self.detach:
+            self._write_state()
+        if name == "kube-apiserver":
+            self._wait_for_apiserver()
+
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
         peer = f"http://127.0.0.1:{self.ports['etcd-peer']}"

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=config.liveness_endpoint,
-        memo=Runtime(controller=controller, elector=elector, discovery=api, config=config, stop_flag=stop_flag),
+        memo=Runtime(controller=controller, elector=elector, config=config, stop_flag=stop_flag),
         stop_flag=stop_flag,
     )
     api.close()

@@ -12,15 +12,25 @@ from typing import Any, Protocol
 
 from modeldeploy_operator.names import Kind
 
+# The Status cause the API server gives when it refuses to create objects in a namespace being deleted.
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+
 
 class KubeError(Exception):
     """An API call failed; `status` is the HTTP status (0 for transport errors)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the `reason` of each entry of the Status body's details.causes
+
+    @property
+    def namespace_going_away(self) -> bool:
+        """Refused because the namespace is being deleted (or already is): everything in it is going away."""
+        gone = self.status == 404 and self.message.startswith('namespaces "')
+        return gone or NAMESPACE_TERMINATING in self.causes
 
 
 def now_rfc3339() -> str:
@@ -46,6 +56,10 @@ class ChildApi(Protocol):
         self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
     ) -> None: ...
 
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        """The uid of the named object, None when it does not exist."""
+        ...
+
 
 class InventoryApi(Protocol):
     """Metadata-only reads: which objects exist, to check the watch cache against."""
@@ -55,18 +69,18 @@ class InventoryApi(Protocol):
     def exists(self, collection: str, namespace: str, name: str) -> bool: ...
 
 
-class ControllerApi(ChildApi, InventoryApi, Protocol):
-    """Everything the controller uses."""
-
-
 class DiscoveryApi(Protocol):
-    """What the API server offers, asked once at start-up."""
+    """What the API server offers: asked at start-up, and again when the cache is checked."""
 
     def server_version(self) -> tuple[int, int]: ...
 
     def istio_version(self) -> str | None: ...
 
     def keda_installed(self) -> bool: ...
+
+
+class ControllerApi(ChildApi, InventoryApi, DiscoveryApi, Protocol):
+    """Everything the controller uses."""
 
 
 class LeaseApi(Protocol):

@@ -1,5 +1,10 @@
 """The watch cache: small summaries of what kopf's watch streams delivered, read by the workers.
 
+A watch that resumes too late (410 Gone, e.g. after an API server restart) is re-listed by kopf, and a
+re-list never says what vanished in between. Every entry therefore carries the sequence number of its
+last observation, and `retain` drops what an API list taken after a `mark` no longer holds: the
+controller runs that audit after each re-list and on every resync, so the cache matches the API server.
+
 Only what reconciling and status need is kept (a hash, a uid, a few counters per child), never whole
 bodies: at a thousand resources the operator must stay well under its memory budget. Written from
 kopf's event loop, read from the worker threads, hence one lock (held for dict operations only).
@@ -8,8 +13,9 @@ kopf's event loop, read from the worker threads, hence one lock (held for dict o
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modeldeploy_operator import builders, names
@@ -29,6 +35,7 @@ class ResourceEntry:
     status: dict[str, Any] | None
     generation: int
     spec: specs.ModelDeploymentSpec | str  # parsed once per change; a str says why it is unusable
+    seen: int = 0  # sequence number of the last observation
 
     @property
     def claims(self) -> list[str]:
@@ -43,6 +50,7 @@ class ChildEntry:
     applied_hash: str | None
     foreign_edit: bool  # someone else changed spec fields since our last apply
     replicas: int | None = None  # Deployments: spec.replicas, to undo a hand `kubectl scale`
+    seen: int = 0  # sequence number of the last observation
 
 
 @dataclass
@@ -50,6 +58,8 @@ class OwnerChildren:
     children: dict[ChildId, ChildEntry] = field(default_factory=dict)
     deployments: dict[str, statuses.DeploymentView] = field(default_factory=dict)
     pods: dict[str, statuses.PodView] = field(default_factory=dict)
+    pods_seen: dict[str, int] = field(default_factory=dict)
+    vanished: int = 0  # children deleted since the owner was last confirmed to exist
     hpas: dict[str, statuses.HpaView] = field(default_factory=dict)  # ours and those KEDA made for us
     scaled_objects: dict[str, statuses.ScaledObjectView] = field(default_factory=dict)
 
@@ -68,6 +78,7 @@ class Snapshot:
     pods: tuple[statuses.PodView, ...]
     claims: Mapping[str, str | None]  # claim -> phase, None when missing
     istio: IstioApi | None
+    vanished: int = 0  # children deleted since the resource was last confirmed to exist
     keda: bool = False
     hpas: Mapping[str, statuses.HpaView] = field(default_factory=dict)
     scaled_objects: Mapping[str, statuses.ScaledObjectView] = field(default_factory=dict)
@@ -120,6 +131,62 @@ class WatchCache:
         self._istio_known = False
         self._keda = False
         self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
+        self._terminating: dict[str, float] = {}  # namespace -> when the API server said it is being deleted
+        self._sequence = 0  # counts observations: what was seen after a mark is never dropped by its audit
+        self._claims_seen: dict[tuple[str, str], int] = {}
+
+    def _next(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    def mark(self) -> int:
+        """Take before listing a kind from the API server; pass to `retain` with what the list held."""
+        with self._lock:
+            return self._sequence
+
+    def retain(self, kind: str, present: Set[tuple[str, str]], before: int) -> list[Key]:
+        """Drop the objects of `kind` that the API server no longer holds ((namespace, name) not in
+        `present`) and that were last observed before `before`. Returns the ModelDeployments dropped
+        (kind ModelDeployment) or the ModelDeployments whose children, pods or claims changed."""
+        with self._lock:
+            if kind == names.KIND:
+                stale = [k for k, e in self._resources.items() if k not in present and e.seen < before]
+                for key in stale:
+                    del self._resources[key]
+                return stale
+            if kind == names.CLAIM.kind:
+                gone = [c for c, seen in self._claims_seen.items() if c not in present and seen < before]
+                for claim in gone:
+                    self._claims.pop(claim, None)
+                    self._claims_seen.pop(claim, None)
+                return [key for claim in gone for key in self._users_of_claim_locked(*claim)]
+            touched = []
+            for key, owner in list(self._owners.items()):
+                if kind == names.POD.kind:
+                    pods = [n for n, seen in owner.pods_seen.items() if (key[0], n) not in present and seen < before]
+                    for pod in pods:
+                        owner.pods.pop(pod, None)
+                        owner.pods_seen.pop(pod, None)
+                    changed = bool(pods)
+                else:
+                    ids = [cid for cid, child in owner.children.items()
+                           if cid[0] == kind and (key[0], cid[1]) not in present and child.seen < before]
+                    for child_id in ids:
+                        self._drop_child_locked(owner, child_id)
+                    changed = bool(ids)
+                if changed:
+                    touched.append(key)
+                    self._drop_if_empty(key, owner)
+            return touched
+
+    def size(self) -> dict[str, int]:
+        """How much the cache holds (the operator's health endpoint reports it)."""
+        with self._lock:
+            return {
+                "modeldeployments": len(self._resources),
+                "children": sum(len(o.children) for o in self._owners.values()),
+                "pods": sum(len(o.pods) for o in self._owners.values()),
+            }
 
     # Initial sync ----------------------------------------------------------------------------------------
 
@@ -152,16 +219,42 @@ class WatchCache:
         unchanged = before is not None and before.body["spec"] == slim["spec"]
         spec = before.spec if unchanged and before is not None else specs.validate(meta["name"], slim["spec"])
         with self._lock:
-            self._resources[key] = ResourceEntry(slim, status, generation, spec)
+            self._resources[key] = ResourceEntry(slim, status, generation, spec, self._next())
         if before is None or before.generation != generation:
             return True
         if meta.get("deletionTimestamp"):
             return False
         return before.status != status or before.body["metadata"].get("uid") != meta.get("uid")
 
-    def forget_resource(self, key: Key) -> None:
+    def forget_resource(self, key: Key, uid: str | None = None) -> None:
+        """Drop a ModelDeployment (only the one with `uid`, when given: a newer namesake stays)."""
         with self._lock:
-            self._resources.pop(key, None)
+            entry = self._resources.get(key)
+            if entry is None or (uid is not None and entry.body["metadata"].get("uid") != uid):
+                return
+            del self._resources[key]
+            if key[0] in self._terminating and not any(k[0] == key[0] for k in self._resources):
+                del self._terminating[key[0]]  # the namespace is empty: a namesake created later starts afresh
+
+    # Namespaces being deleted -------------------------------------------------------------------------------
+
+    TERMINATING_MEMORY_SECONDS = 60.0
+
+    def note_namespace_terminating(self, namespace: str) -> bool:
+        """Remember that the API server refuses new objects in `namespace`; True the first time."""
+        with self._lock:
+            first = not self._namespace_terminating_locked(namespace)
+            self._terminating[namespace] = time.monotonic()
+            return first
+
+    def namespace_terminating(self, namespace: str) -> bool:
+        with self._lock:
+            return self._namespace_terminating_locked(namespace)
+
+    def _namespace_terminating_locked(self, namespace: str) -> bool:
+        since = self._terminating.get(namespace)
+        # Forgotten after a while: if the namespace is still going, the next write finds out again.
+        return since is not None and time.monotonic() - since < self.TERMINATING_MEMORY_SECONDS
 
     def snapshot(self, key: Key) -> Snapshot | None:
         """Everything about one ModelDeployment, consistent under one lock; None when it is not known."""
@@ -181,10 +274,18 @@ class WatchCache:
                 pods=tuple(owner.pods.values()),
                 claims={claim: self._claims.get((key[0], claim)) for claim in entry.claims},
                 istio=self._istio_locked(),
+                vanished=owner.vanished,
                 keda=self._keda,
                 hpas=dict(owner.hpas),
                 scaled_objects=dict(owner.scaled_objects),
             )
+
+    def confirmed(self, key: Key) -> None:
+        """The API server confirmed the resource exists: its children's deletions since are accounted for."""
+        with self._lock:
+            owner = self._owners.get(key)
+            if owner is not None:
+                owner.vanished = 0
 
     def resource_keys(self) -> list[Key]:
         with self._lock:
@@ -199,7 +300,10 @@ class WatchCache:
 
     def users_of_claim(self, namespace: str, claim: str) -> list[Key]:
         with self._lock:
-            return [key for key, entry in self._resources.items() if key[0] == namespace and claim in entry.claims]
+            return self._users_of_claim_locked(namespace, claim)
+
+    def _users_of_claim_locked(self, namespace: str, claim: str) -> list[Key]:
+        return [key for key, entry in self._resources.items() if key[0] == namespace and claim in entry.claims]
 
     # Children --------------------------------------------------------------------------------------------
 
@@ -225,7 +329,7 @@ class WatchCache:
         with self._lock:
             owner = self._owners.setdefault(key, OwnerChildren())
             if ours:
-                owner.children[(kind, meta["name"])] = entry
+                owner.children[(kind, meta["name"])] = replace(entry, seen=self._next())
             if view is not None and track and ours:
                 owner.deployments[track] = view
             if kind == names.HPA.kind:
@@ -239,19 +343,26 @@ class WatchCache:
         if key is None:
             return None
         kind, name = kind or str(body.get("kind", "")), body["metadata"]["name"]
-        track = (body["metadata"].get("labels") or {}).get(names.LABEL_TRACK)
         with self._lock:
             owner = self._owners.get(key)
             if owner is not None:
-                gone = owner.children.pop((kind, name), None)
-                if kind == "Deployment" and track and gone is not None:
-                    owner.deployments.pop(track, None)
+                self._drop_child_locked(owner, (kind, name))
                 if kind == names.HPA.kind:
-                    owner.hpas.pop(name, None)
-                elif kind == names.SCALED_OBJECT.kind:
-                    owner.scaled_objects.pop(name, None)
+                    owner.hpas.pop(name, None)  # KEDA's HPA is observed without being a child
                 self._drop_if_empty(key, owner)
         return key
+
+    @staticmethod
+    def _drop_child_locked(owner: OwnerChildren, child_id: ChildId) -> None:
+        if owner.children.pop(child_id, None) is None:
+            return
+        owner.vanished += 1
+        if child_id[0] == names.HPA.kind:
+            owner.hpas.pop(child_id[1], None)
+        if child_id[0] == names.SCALED_OBJECT.kind:
+            owner.scaled_objects.pop(child_id[1], None)
+        if child_id[0] == names.DEPLOYMENT.kind:
+            owner.deployments = {t: v for t, v in owner.deployments.items() if v.name != child_id[1]}
 
     def observe_pod(self, body: Mapping[str, Any]) -> Key | None:
         key = owner_key(body)
@@ -259,7 +370,9 @@ class WatchCache:
             return None
         view = statuses.summarize_pod(body)
         with self._lock:
-            self._owners.setdefault(key, OwnerChildren()).pods[view.name] = view
+            owner = self._owners.setdefault(key, OwnerChildren())
+            owner.pods[view.name] = view
+            owner.pods_seen[view.name] = self._next()
         return key
 
     def forget_pod(self, body: Mapping[str, Any]) -> Key | None:
@@ -270,6 +383,7 @@ class WatchCache:
             owner = self._owners.get(key)
             if owner is not None:
                 owner.pods.pop(body["metadata"]["name"], None)
+                owner.pods_seen.pop(body["metadata"]["name"], None)
                 self._drop_if_empty(key, owner)
         return key
 
@@ -283,12 +397,14 @@ class WatchCache:
         meta = body["metadata"]
         with self._lock:
             self._claims[(meta["namespace"], meta["name"])] = statuses.claim_phase(body)
+            self._claims_seen[(meta["namespace"], meta["name"])] = self._next()
         return meta["namespace"], meta["name"]
 
     def forget_claim(self, body: Mapping[str, Any]) -> tuple[str, str]:
         meta = body["metadata"]
         with self._lock:
             self._claims.pop((meta["namespace"], meta["name"]), None)
+            self._claims_seen.pop((meta["namespace"], meta["name"]), None)
         return meta["namespace"], meta["name"]
 
     def set_istio_crd(self, kind: str, version: str | None) -> bool:
@@ -299,6 +415,15 @@ class WatchCache:
                 self._istio_crds.pop(kind, None)
             else:
                 self._istio_crds[kind] = version
+            self._istio_known = True
+            return before != self._istio_locked()
+
+    def reset_istio(self, version: str | None) -> bool:
+        """What discovery says now (Istio's CRDs may have changed while a watch was away); True when
+        routing availability changed."""
+        with self._lock:
+            before = self._istio_locked()
+            self._istio_crds = {} if version is None else {kind.kind: version for kind in names.ISTIO_KINDS}
             self._istio_known = True
             return before != self._istio_locked()
 

@@ -12,13 +12,14 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modeldeploy_operator import names
 from modeldeploy_operator import status as statuses
-from modeldeploy_operator.api import ControllerApi, DiscoveryApi, KubeError, now_rfc3339
+from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
 from modeldeploy_operator.builders import IstioApi
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
@@ -44,6 +45,8 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self.reconciles = 0
         self.applies = 0
+        self._audit_wanted = threading.Event()
+        self._creations: dict[tuple[Key, str, str], deque[float]] = {}  # recent creations of each child
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
 
@@ -65,6 +68,7 @@ class Controller:
         for index in range(self.config.workers):
             self._spawn(f"reconcile-{index}", self._work)
         self._spawn("resync", self._resync)
+        self._spawn("audit", self._auditor)
         self._spawn("initial-sync", lambda: self._initial_sync(istio))
 
     def _initial_sync(self, istio: bool) -> None:
@@ -139,7 +143,7 @@ class Controller:
         if dead and not self._stopping.is_set():
             raise RuntimeError(f"threads died: {', '.join(dead)}")
         return {"leading": self.leading.is_set(), "synced": self.synced.is_set(), "queued": len(self.queue),
-                "reconciles": self.reconciles}
+                "reconciles": self.reconciles, "cached": self.cache.size()}
 
     def _wait_ready(self) -> bool:
         """Only the leader acts, and only once the cache holds the whole initial listing."""
@@ -176,24 +180,106 @@ class Controller:
         if not self._wait_ready():
             return
         while not self._stopping.wait(self.config.resync_seconds):
+            self.audit()
             self.enqueue_all()
+
+    # Keeping the cache true to the API server ---------------------------------------------------------------
+
+    def relisted(self) -> None:
+        """A watch delivered a listing after start-up (kopf re-lists when a watch resumes too late, e.g.
+        after an API server restart): what vanished meanwhile is never reported, so check the cache."""
+        if self.synced.is_set():
+            self._audit_wanted.set()
+
+    def _auditor(self) -> None:
+        while not self._stopping.is_set():
+            if not self._audit_wanted.wait(1.0):
+                continue
+            self._stopping.wait(2.0)  # let the re-listing (often of every kind at once) come in first
+            self._audit_wanted.clear()
+            self.audit(rediscover=True)
+
+    def audit(self, rediscover: bool = False) -> None:
+        """Drop from the cache what the API server no longer holds; requeue the resources it concerns.
+        After a re-list, also ask again whether Istio and KEDA are installed: their CRDs may have come or gone
+        while the CRD watch was away (the CRD watch keeps that current otherwise)."""
+        if rediscover:
+            try:
+                if self.cache.reset_istio(self.api.istio_version()):
+                    log.info("Istio routing is %s", "available" if self.cache.istio() else "gone")
+                    self.enqueue_all()
+                if self.cache.set_keda(self.api.keda_installed()):
+                    log.info("KEDA is %s", "installed" if self.cache.keda() else "gone")
+                    self.enqueue_all()
+            except KubeError as error:
+                log.warning("could not check whether Istio and KEDA are installed: %s", error)
+        namespaces: list[str | None] = list(self.config.namespaces) or [None]
+        for kind, selector in self._inventory_targets(self.cache.istio() is not None):
+            before = self.cache.mark()
+            try:
+                present = {(namespace, name) for scope in namespaces
+                           for _, namespace, name in self.api.list_uids(kind.collection(scope), selector).values()}
+            except KubeError as error:
+                log.warning("could not check the cached %s against the API server: %s", kind.plural, error)
+                continue
+            for key in self.cache.retain(kind.kind, present, before):
+                if kind == names.MODEL_DEPLOYMENT:
+                    log.info("forgetting ModelDeployment %s/%s: deleted while a watch was away", *key)
+                else:
+                    log.info("%s of %s/%s deleted while a watch was away", kind.plural, *key)
+                    self.enqueue(key)
+
+    def _owner_confirmed(self, snapshot: Snapshot) -> bool:
+        """Before re-creating deleted children: does the owner still exist? If the cache missed its deletion,
+        each child re-created with its uid is deleted again by the garbage collector, which queues the next
+        reconcile: a loop. Asked only after children vanished, so it costs one GET per hand deletion."""
+        uid = str(snapshot.body["metadata"].get("uid", ""))
+        namespace, name = snapshot.key
+        if self.api.get_uid(names.MODEL_DEPLOYMENT, namespace, name) == uid:
+            self.cache.confirmed(snapshot.key)
+            return True
+        log.info("forgetting ModelDeployment %s/%s (uid %s): it no longer exists", namespace, name, uid)
+        self.cache.forget_resource(snapshot.key, uid)
+        return False
+
+    CREATION_LOOP = (5, 60.0)  # this many creations of one child within this many seconds
+
+    def _note_creation(self, key: Key, kind: str, name: str) -> None:
+        """Say so loudly when one child keeps being created: something deletes it each time."""
+        if len(self._creations) > 10_000:
+            self._creations.clear()
+        count, window = self.CREATION_LOOP
+        times = self._creations.setdefault((key, kind, name), deque(maxlen=count))
+        times.append(time.monotonic())
+        if len(times) == count and times[-1] - times[0] < window:
+            log.warning("%s %s/%s was created %d times in %.0fs: something keeps deleting it", kind, key[0], name,
+                        count, times[-1] - times[0])
+            times.clear()
 
     # Reconcile (worker threads): read once, decide once, act once ----------------------------------------
 
     def reconcile(self, key: Key) -> bool:
         """Converge one resource; False when some child could not be applied (the status says why)."""
         snapshot = self.cache.snapshot(key)
-        if snapshot is None or snapshot.deleting:
+        if snapshot is None or snapshot.deleting or self.cache.namespace_terminating(key[0]):
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
         plan = plan_children(snapshot, self.serving)
-        outcome = self._act(plan)
+        if plan.apply and snapshot.vanished and not self._owner_confirmed(snapshot):
+            return True
+        outcome = self._act(snapshot, plan)
+        if outcome.namespace_going_away:
+            self._namespace_going_away(key[0])
         update = next_status(snapshot, self.serving, now_rfc3339(), outcome)
         if update is not None:
             self._write_status(snapshot, update)
         return not outcome.errors
 
-    def _act(self, plan: Plan) -> Outcome:
+    def _namespace_going_away(self, namespace: str) -> None:
+        if self.cache.note_namespace_terminating(namespace):
+            log.info("namespace %s is being deleted: leaving its ModelDeployments to go with it", namespace)
+
+    def _act(self, snapshot: Snapshot, plan: Plan) -> Outcome:
         errors: dict[str, str] = {}
         applied: dict[str, statuses.DeploymentView] = {}
         for manifest in plan.apply:
@@ -203,11 +289,15 @@ class Controller:
             except KubeError as error:
                 if error.status == 0:
                     raise  # the API server is unreachable: nothing else will work either
+                if error.namespace_going_away:
+                    return Outcome(namespace_going_away=True)
                 # Refused or failing server-side (quota, webhook, full service IP range...): say so in status.
                 errors[f"{kind}/{meta['name']}"] = error.message
                 log.error("applying %s %s/%s failed: %s", kind, meta["namespace"], meta["name"], error)
                 continue
             self.applies += 1
+            if (kind, meta["name"]) not in snapshot.children:
+                self._note_creation(snapshot.key, kind, meta["name"])
             self.cache.observe_child(response)
             track = meta["labels"].get(names.LABEL_TRACK)
             if kind == names.DEPLOYMENT.kind and track:
@@ -230,6 +320,9 @@ class Controller:
             try:
                 self.api.post_event(snapshot.body, note.type, note.reason, note.message, self.identity)
             except KubeError as error:
+                if error.namespace_going_away:
+                    self._namespace_going_away(namespace)
+                    return
                 log.warning("could not post event %s on %s/%s: %s", note.reason, namespace, name, error)
 
 
@@ -249,6 +342,5 @@ class Runtime:
 
     controller: Controller
     elector: Elector
-    discovery: DiscoveryApi
     config: OperatorConfig
     stop_flag: threading.Event

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 
 from modeldeploy_operator import kube, names
-from modeldeploy_operator.controller import Runtime
+from modeldeploy_operator.controller import Controller, Runtime
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 ISTIO_CRDS = {names.crd_name(kind): kind.kind for kind in names.ISTIO_KINDS}
@@ -38,6 +38,16 @@ def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
     return (kind.group, kind.version, kind.plural) if kind.version else (kind.group, kind.plural)
 
 
+def noted(event: kopf.RawEvent, body: kopf.Body, memo: Runtime) -> Controller:
+    """Every watched object counts for the initial sync; a listing after it (type None: kopf re-lists a
+    watch that resumed too late) has the controller check its cache against the API server."""
+    controller = memo.controller
+    controller.cache.note_seen(body)
+    if event["type"] is None:
+        controller.relisted()
+    return controller
+
+
 def _resource_key(body: kopf.Body) -> tuple[str, str]:
     return (str(body.metadata.namespace), str(body.metadata.name))
 
@@ -46,8 +56,7 @@ def _resource_key(body: kopf.Body) -> tuple[str, str]:
 
 @kopf.on.event(*_selector(names.MODEL_DEPLOYMENT))
 async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.cache.forget_resource(_resource_key(body))
     elif controller.cache.observe_resource(body):
@@ -58,8 +67,7 @@ async def resource_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, *
 
 def _register_child(kind: names.Kind) -> None:
     async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-        controller = memo.controller
-        controller.cache.note_seen(body)
+        controller = noted(event, body, memo)
         if event["type"] == "DELETED":
             controller.enqueue(controller.cache.forget_child(body, kind.kind))
         else:
@@ -74,8 +82,7 @@ for _kind in names.CHILD_KINDS:
 
 @kopf.on.event(*_selector(names.POD), labels=MANAGED)
 async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.enqueue(controller.cache.forget_pod(body))
     else:
@@ -86,8 +93,7 @@ async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: A
 
 @kopf.on.event(*_selector(names.CLAIM))
 async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
-    controller = memo.controller
-    controller.cache.note_seen(body)
+    controller = noted(event, body, memo)
     if event["type"] == "DELETED":
         controller.enqueue_claim_users(*controller.cache.forget_claim(body))
     else:
@@ -149,11 +155,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
     # Streamed initial lists (sendInitialEvents, Kubernetes 1.34+) instead of whole lists in memory at
     # once: at a thousand resources that halves the start-up memory peak.
     if config.watch_streaming == "auto":
-        settings.watching.initial_streaming = await asyncio.to_thread(memo.discovery.server_version) >= (1, 34)
+        settings.watching.initial_streaming = await asyncio.to_thread(controller.api.server_version) >= (1, 34)
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
-    controller.cache.set_istio_version(await asyncio.to_thread(memo.discovery.istio_version))
-    controller.cache.set_keda(await asyncio.to_thread(memo.discovery.keda_installed))
+    controller.cache.set_istio_version(await asyncio.to_thread(controller.api.istio_version))
+    controller.cache.set_keda(await asyncio.to_thread(controller.api.keda_installed))
     controller.start(istio=controller.cache.istio() is not None)
     memo.elector.start()
 

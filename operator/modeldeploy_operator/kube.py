@@ -24,6 +24,7 @@ from modeldeploy_operator.names import Kind
 
 log = logging.getLogger(__name__)
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
@@ -38,13 +39,15 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
 
 def _error(exc: ApiException) -> KubeError:
     reason, message = str(exc.reason or ""), str(exc.body or exc.reason or "")
+    causes: tuple[str, ...] = ()
     try:
         body = json.loads(exc.body) if exc.body else {}
         message = body.get("message", message)
         reason = body.get("reason", reason)
+        causes = tuple(str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or [])
     except (ValueError, TypeError, AttributeError):
         pass
-    return KubeError(int(exc.status or 0), reason, message)
+    return KubeError(int(exc.status or 0), reason, message, causes)
 
 
 class Kube:
@@ -127,6 +130,15 @@ class Kube:
         return True
 
     # The resource itself --------------------------------------------------------------------------------
+
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        try:
+            found = self.request("GET", kind.path(namespace, name), accept=METADATA_OBJECT)
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+        return str((found.get("metadata") or {}).get("uid", "")) or None
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the status stanza through the status subresource only: spec is never written."""

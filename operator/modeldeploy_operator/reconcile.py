@@ -41,6 +41,7 @@ class Outcome:
 
     errors: Mapping[str, str] = field(default_factory=dict)  # "Kind/name" -> why the API refused it
     applied: Mapping[str, statuses.DeploymentView] = field(default_factory=dict)  # track -> the applied Deployment
+    namespace_going_away: bool = False  # the API server refuses new objects: nothing to report, nothing to retry
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
 
 def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome) -> StatusUpdate | None:
     """The status after acting on the plan (None when it would not change), and the Events to post."""
+    if outcome.namespace_going_away:
+        return None  # the resource goes with its namespace: an ApplyFailed status and Events would be noise
     spec = snapshot.spec
     if isinstance(spec, str):
         status = statuses.invalid_spec_status(snapshot.generation, spec, snapshot.status, now)

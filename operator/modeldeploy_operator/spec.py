@@ -171,12 +171,10 @@ class Replicas(_Model):
     """How many serving pods a track runs; an autoscaler moves between min and max."""
 
     min: Annotated[int | None, Between(1, 1000)] = Field(
-        default=None,
-        description="Fewest replicas (default 1). Equal to max (the default) means a fixed count, no autoscaler.",
+        None, description="Fewest replicas (default 1). Equal to max (the default) means a fixed count, no autoscaler."
     )
     max: Annotated[int | None, Between(1, 1000)] = Field(
-        default=None,
-        description="Most replicas (default: min). Above min, a HorizontalPodAutoscaler owns the count.",
+        None, description="Most replicas (default: min). Above min, a HorizontalPodAutoscaler owns the count."
     )
 
     model_config = ConfigDict(
@@ -408,12 +406,10 @@ class Batching(_Model):
     """Dynamic batching in the server: requests are grouped up to a size or a delay."""
 
     max_batch_size: Annotated[int | None, Between(1, 4096)] = Field(
-        default=None,
-        description="Largest batch the server forms (server default when unset).",
+        None, description="Largest batch the server forms (server default when unset)."
     )
     max_delay_ms: Annotated[int | None, Between(0, 60000)] = Field(
-        default=None,
-        description="Longest a request waits for others to join its batch, in milliseconds.",
+        None, description="Longest a request waits for others to join its batch, in milliseconds."
     )
 
 

@@ -14,7 +14,7 @@ from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.api import KubeError
 from modeldeploy_operator.builders import IstioApi, Owner
-from modeldeploy_operator.cache import ChildEntry, Snapshot
+from modeldeploy_operator.cache import ChildEntry, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig, ServingConfig
 from modeldeploy_operator.controller import Controller
 from modeldeploy_operator.names import Kind
@@ -179,6 +179,8 @@ class FakeApi:
         self.deleted: list[str] = []
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
+        self.resources: dict[tuple[str, str], str] = {(OWNER.namespace, OWNER.name): OWNER.uid}
+        self.istio: str | None = "v1"
         self._uids = itertools.count(1)
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,10 +214,29 @@ class FakeApi:
         self.events.append((event_type, reason))
 
     def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]:
-        return {}
+        """What the API server holds: the stored children, and the ModelDeployments in `self.resources`."""
+        plural = collection.rsplit("/", 1)[-1]
+        if plural == names.PLURAL:
+            return {uid: (collection, ns, name) for (ns, name), uid in self.resources.items()}
+        kinds = {kind.plural: kind.kind for kind in names.CHILD_KINDS}
+        return {o["metadata"]["uid"]: (collection, ns, name) for (kind, ns, name), o in self.objects.items()
+                if kinds.get(plural) == kind}
 
     def exists(self, collection: str, namespace: str, name: str) -> bool:
         return False
+
+    def server_version(self) -> tuple[int, int]:
+        return (1, 35)
+
+    def keda_installed(self) -> bool:
+        return False
+
+    def istio_version(self) -> str | None:
+        return self.istio
+
+    def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
+        assert kind == names.MODEL_DEPLOYMENT
+        return self.resources.get((namespace, name))
 
 
 def controller(api: FakeApi, spec: Mapping[str, Any]) -> Controller:
@@ -261,3 +282,102 @@ def test_controller_gives_up_the_round_when_the_api_is_unreachable() -> None:
     with pytest.raises(KubeError):
         ctl.reconcile(("ml", "sentiment"))
     assert api.statuses == []
+
+
+def test_a_namespace_being_deleted_gets_no_apply_retry_status_or_event() -> None:
+    terminating = KubeError(403, "Forbidden", "unable to create new content in namespace ml because it is being "
+                            "terminated", causes=("NamespaceTerminating",))
+    api = FakeApi(refuse={"Deployment/sentiment-stable": terminating})
+    ctl = controller(api, BASE_SPEC)
+    ctl.cache.observe_resource({**body(BASE_SPEC), "metadata": {**body(BASE_SPEC)["metadata"], "name": "other"}})
+    assert ctl.reconcile(("ml", "sentiment"))  # done: nothing to retry
+    assert (api.statuses, api.events) == ([], [])
+    assert ctl.reconcile(("ml", "other"))
+    assert api.applied == []  # the namespace is known to be going: not even tried
+    assert (api.statuses, api.events) == ([], [])
+
+
+def test_a_vanished_namespace_is_going_away_too() -> None:
+    assert KubeError(404, "NotFound", 'namespaces "ml" not found').namespace_going_away
+    assert not KubeError(404, "NotFound", "the server could not find the requested resource").namespace_going_away
+
+
+# The cache after a watch gap -----------------------------------------------------------------------------------
+
+def test_an_audit_forgets_a_resource_deleted_during_a_watch_gap_and_keeps_what_came_later() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    del api.resources[("ml", "sentiment")]  # deleted while the watch was away: no DELETED event came
+    ctl.audit()
+    assert ctl.cache.snapshot(("ml", "sentiment")) is None
+    assert ctl.cache.size()["modeldeployments"] == 0
+
+
+def test_an_audit_drops_children_deleted_during_a_watch_gap_and_requeues_their_owner() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    del api.objects[("Service", "ml", "sentiment")]
+    ctl.audit()
+    snapshot = ctl.cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None and ("Service", "sentiment") not in snapshot.children
+    assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
+
+
+def test_what_was_observed_after_the_mark_survives_the_audit() -> None:
+    cache = WatchCache()
+    before = cache.mark()
+    cache.observe_resource(body(BASE_SPEC))  # arrived while the list was on its way: not in it, but real
+    assert cache.retain(names.KIND, set(), before) == []
+    assert cache.retain(names.KIND, set(), cache.mark() + 1) == [("ml", "sentiment")]
+
+
+def test_children_vanishing_under_a_resource_the_api_server_no_longer_has_are_not_recreated() -> None:
+    """The garbage collector deletes the children of a deleted owner; re-creating them with its uid would
+    only have them deleted again, each deletion queueing the next reconcile."""
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    del api.resources[("ml", "sentiment")]
+    stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
+    ctl.cache.forget_child(stable, "Deployment")
+    api.applied.clear()
+    assert ctl.reconcile(("ml", "sentiment"))
+    assert api.applied == []
+    assert ctl.cache.snapshot(("ml", "sentiment")) is None
+
+
+def test_a_child_deleted_by_hand_is_recreated_once_the_owner_is_confirmed() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
+    ctl.cache.forget_child(stable, "Deployment")
+    api.applied.clear()
+    assert ctl.reconcile(("ml", "sentiment"))
+    assert api.applied == ["Deployment/sentiment-stable"]
+    snapshot = ctl.cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None and snapshot.vanished == 0
+
+
+def test_a_child_created_again_and_again_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    for _ in range(5):
+        ctl.reconcile(("ml", "sentiment"))
+        stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
+        ctl.cache.forget_child(stable, "Deployment")
+    assert "Deployment ml/sentiment-stable was created 5 times" in caplog.text
+
+
+def test_an_audit_after_a_relist_asks_again_whether_istio_is_installed() -> None:
+    api = FakeApi()
+    ctl = controller(api, BASE_SPEC)
+    ctl.reconcile(("ml", "sentiment"))
+    api.istio = None  # its CRDs went away while the CRD watch was away
+    ctl.audit()
+    assert ctl.cache.istio() is not None  # a periodic audit trusts the CRD watch
+    ctl.audit(rediscover=True)
+    assert ctl.cache.istio() is None
+    assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
