@@ -23,8 +23,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
 
-binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... into ~/.cache/modeldeploy
-	bash hack/build-binaries.sh
+binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's) into ~/.cache/modeldeploy
+	bash hack/build-binaries.sh $$( [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null && echo --with-node )
 
 lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
@@ -45,8 +45,8 @@ unit: venv ## only the tests that need no control plane
 integration: venv binaries ## only the tests on the control plane (USE_EXISTING_CLUSTER=1 for kind)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
-cluster-up: venv binaries ## start a local control plane in the background; prints the KUBECONFIG to export
-	@$(PY) hack/localcluster.py up
+cluster-up: venv binaries ## start a local control plane in the background (REAL_NODE=1: with a real node); prints the KUBECONFIG
+	@$(PY) hack/localcluster.py up $(if $(REAL_NODE),--real-node)
 
 cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import localcluster
+from localcluster import wait_for
 from localkube import images
 from localkube.metrics import MetricsStack
 from testsupport.loadgen import Load
@@ -43,14 +44,9 @@ def kubectl_json(cluster: localcluster.Cluster, *args: str) -> dict[str, Any]:
     return result
 
 
-def wait(what: str, probe: Any, timeout: float = 300.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+def scaling_active(cluster: localcluster.Cluster, name: str) -> bool:
+    conditions = kubectl_json(cluster, "md", name).get("status", {}).get("conditions", [])
+    return any(c["type"] == "AutoscalingReady" and c["reason"] == "ScalingActive" for c in conditions)
 
 
 def served_requests(pod_ip: str) -> float:
@@ -126,7 +122,7 @@ def main() -> int:
         claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
                  "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
         cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(claim))
-        wait("the claim", lambda: kubectl_json(cluster, "pvc", "models")["status"].get("phase") == "Bound")
+        wait_for("the claim", lambda: kubectl_json(cluster, "pvc", "models")["status"].get("phase") == "Bound")
         volume = kubectl_json(cluster, "pvc", "models")["spec"]["volumeName"]
         pv = json.loads(cluster.kubectl("get", "pv", volume, "-o", "json").stdout)
         write_heavy_model(Path(pv["spec"]["hostPath"]["path"]), "heavy/model.onnx")
@@ -140,9 +136,7 @@ def main() -> int:
         results = {}
         for name, autoscaling in cases.items():
             cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(manifest(name, autoscaling)))
-            wait(f"{name} ready", lambda n=name: any(
-                c["type"] == "AutoscalingReady" and c["reason"] == "ScalingActive"
-                for c in kubectl_json(cluster, "md", n).get("status", {}).get("conditions", [])))
+            wait_for(f"{name} autoscaling", lambda n=name: scaling_active(cluster, n), timeout=300)
             results[name] = measure(cluster, name, args.clients, args.seconds)
             cluster.kubectl("-n", NAMESPACE, "delete", "md", name, "--wait=true")
         needed = min(MAX_REPLICAS, math.ceil(args.clients / CONCURRENCY_TARGET))

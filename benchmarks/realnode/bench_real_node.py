@@ -26,8 +26,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
-
 import localcluster
 from localkube import images
 

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from testsupport.onnx_models import build_mlp
+
 OPSET = [helper.make_opsetid("", 17)]
 HIDDEN, HEADS, FFN, VOCAB, SEQ = 768, 12, 3072, 30522, 128
 
@@ -25,31 +27,6 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
-
-
-def build_mlp(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    init = [
-        numpy_helper.from_array((rng.standard_normal((64, 256)) * 0.1).astype(np.float32), "w1"),
-        numpy_helper.from_array((rng.standard_normal(256) * 0.1).astype(np.float32), "b1"),
-        numpy_helper.from_array((rng.standard_normal((256, 8)) * 0.1).astype(np.float32), "w2"),
-        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b2"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["input", "w1"], ["h0"]),
-        helper.make_node("Add", ["h0", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
-        helper.make_node("Add", ["h3", "b2"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])],
-        initializer=init,
-    )
-    return _save(graph, path)
 
 
 class _Graph:

@@ -34,7 +34,6 @@ STARTUP_TIMEOUT_S = 90.0
 GPU_NODE = "kwok-gpu-0"
 CPU_NODES = ("kwok-node-0", "kwok-node-1")
 REAL_NODE_PREFIX = "real-node-"
-MAX_REAL_NODE_WORKDIR = 48
 
 CLIENT_IDENTITIES: dict[str, tuple[str, str | None]] = {
     "admin": ("modeldeploy-admin", "system:masters"),
@@ -201,9 +200,6 @@ class LocalControlPlane:
             missing = missing_requirements()
             if missing:
                 raise ClusterError(f"a real node cannot run here: {', '.join(missing)}")
-            if len(str(self.workdir.resolve())) > MAX_REAL_NODE_WORKDIR:
-                raise ClusterError(f"workdir {self.workdir} is too long for a real node: kubelet's unix sockets "
-                                   f"under it need a path of at most {MAX_REAL_NODE_WORKDIR} characters")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler")}
         try:

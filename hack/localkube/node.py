@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from localkube.pki import CertificateAuthority, write_kubeconfig
 from localkube.processes import pid_alive, spawn, stop_processes
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-SOCKET_ROOT = Path("/run/modeldeploy")
+RUNTIME_ROOT = Path("/run/modeldeploy")
 CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
 NODE_LABEL = "modeldeploy.dev/real-node"
 MNT_DETACH = 2
@@ -88,8 +89,9 @@ class RealNode:
 
     @property
     def socket_dir(self) -> Path:
-        """Sockets live under /run: a unix socket path must stay under 104 bytes, a test's tmp path may not."""
-        return SOCKET_ROOT / self.cgroup_name
+        """Sockets and kubelet's root live under a short /run path: a unix socket path must stay under
+        104 bytes, and the cluster's folder (a test's tmp path) may be longer than that already."""
+        return RUNTIME_ROOT / f"{self.network.slot}-{self.name.rsplit('-', 1)[-1]}"
 
     @property
     def containerd_socket(self) -> Path:
@@ -257,7 +259,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             str(self.bin_dir / "kubelet"),
             f"--config={self.workdir / 'kubelet-config.json'}",
             f"--kubeconfig={self.workdir / 'kubeconfig-kubelet'}",
-            f"--root-dir={self.workdir / 'kubelet'}",
+            f"--root-dir={self.socket_dir / 'kubelet'}",
             f"--hostname-override={self.name}",
             f"--node-ip={self.network.node_ip}",
             f"--node-labels={NODE_LABEL}=true,type=real",
@@ -330,8 +332,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 raise ClusterError(f"real node {self.name}: {name} exited with code {process.returncode}; "
                                    f"end of its log:\n{log}")
 
-    def _wait(self, what: str, ready: object, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        assert callable(ready)
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
@@ -410,15 +411,19 @@ def stop_node(workdir: Path, pids: dict[str, int], cgroup_name: str, socket: Pat
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     _kill_cgroup_tree(cgroup_name)
-    shutil.rmtree(socket.parent, ignore_errors=True)
-    left = unmount_all(workdir)
+    left = unmount_all(socket.parent) + unmount_all(workdir)
+    if not left:
+        shutil.rmtree(socket.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            RUNTIME_ROOT.rmdir()  # only when no other node uses it
     if left:
         raise ClusterError(f"could not unmount {left[:5]}; not removing {workdir}")
 
 
 def node_leftovers(workdir: Path, cgroup_name: str, socket: Path) -> list[str]:
     """Anything a stopped node left behind: mounts, cgroups, shims (empty when stop was complete)."""
-    found = [f"mount {point}" for point in _mounts_under(workdir)] if workdir.exists() else []
+    found = [f"mount {point}" for folder in (workdir, socket.parent) if folder.exists()
+             for point in _mounts_under(folder)]
     found += [f"cgroup {h / cgroup_name}" for h in CGROUP_ROOT.iterdir() if (h / cgroup_name).exists()]
     found += [f"shim pid {pid}" for pid in _shim_pids(socket)]
     found += [f"socket folder {socket.parent}"] if socket.parent.exists() else []

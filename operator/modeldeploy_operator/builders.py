@@ -364,6 +364,11 @@ def hpa_name(owner: Owner, track: Track, keda_used: bool) -> str:
     return f"{names.KEDA_HPA_PREFIX}{name}" if keda_used else name
 
 
+def scale_target(owner: Owner, track: Track) -> dict[str, str]:
+    """The track's Deployment, as an HPA or a ScaledObject names what it scales."""
+    return {"apiVersion": names.DEPLOYMENT.api_version, "kind": names.DEPLOYMENT.kind, "name": child_name(owner, track)}
+
+
 def _cpu_metric(utilization: int) -> dict[str, Any]:
     return {"type": "Resource",
             "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": utilization}}}
@@ -381,8 +386,7 @@ def horizontal_pod_autoscaler(
         "kind": names.HPA.kind,
         "metadata": _metadata(owner, child_name(owner, track), track),
         "spec": {
-            "scaleTargetRef": {"apiVersion": names.DEPLOYMENT.api_version, "kind": names.DEPLOYMENT.kind,
-                               "name": child_name(owner, track)},
+            "scaleTargetRef": scale_target(owner, track),
             "minReplicas": replicas.effective_min,
             "maxReplicas": replicas.effective_max,
             "metrics": [_cpu_metric(spec.effective_autoscaling.fallback_cpu_utilization)],
@@ -447,8 +451,7 @@ def scaled_object(
         "kind": names.SCALED_OBJECT.kind,
         "metadata": _metadata(owner, child_name(owner, track), track),
         "spec": {
-            "scaleTargetRef": {"apiVersion": names.DEPLOYMENT.api_version, "kind": names.DEPLOYMENT.kind,
-                               "name": child_name(owner, track)},
+            "scaleTargetRef": scale_target(owner, track),
             "minReplicaCount": replicas.effective_min,
             "maxReplicaCount": replicas.effective_max,
             "pollingInterval": 15,

@@ -210,22 +210,28 @@ class Batcher:
     # --- worker-thread side ------------------------------------------------------------------------
 
     def _worker(self) -> None:
-        while True:
-            jobs = self._work.get()
-            if jobs is None:
-                return
+        while self._handle_next():
+            pass
+
+    def _handle_next(self) -> bool:
+        """Run one batch; False when told to stop. A call per batch, so that nothing of a batch (its
+        requests' buffers) stays referenced from this thread while it waits for the next one."""
+        jobs = self._work.get()
+        if jobs is None:
+            return False
+        try:
+            feeds, rows, results, seconds = self._execute(jobs)
+        except BaseException as exc:  # never lose a batch: every caller gets an answer
+            log.exception("inference worker failed")
+            self._reply(jobs, [InferenceFailedError(f"inference failed: {exc}")] * len(jobs))
+            return True
+        self._reply(jobs, results)
+        if self._observer is not None:
             try:
-                feeds, rows, results, seconds = self._execute(jobs)
-            except BaseException as exc:  # never lose a batch: every caller gets an answer
-                log.exception("inference worker failed")
-                self._reply(jobs, [InferenceFailedError(f"inference failed: {exc}")] * len(jobs))
-                continue
-            self._reply(jobs, results)
-            if self._observer is not None:
-                try:
-                    self._observer(rows, seconds, feeds)
-                except Exception:
-                    log.exception("batch observer failed")
+                self._observer(rows, seconds, feeds)
+            except Exception:
+                log.exception("batch observer failed")
+        return True
 
     def _reply(self, jobs: list[_Job], results: list[Feeds | ServerError]) -> None:
         assert self._loop is not None

@@ -144,12 +144,20 @@ class InputMonitor:
 
     def observe(self, values: np.ndarray) -> None:
         """Note values; they are folded in by the batch (a few thousand at a time), since the fixed
-        cost of the numpy calls would otherwise rival a small model's run."""
+        cost of the numpy calls would otherwise rival a small model's run.
+
+        What waits is a copy: ``values`` may be a view of a request's whole body, which must not
+        outlive its response.
+        """
         if values.dtype.kind not in "biuf" or values.size == 0:
             return
+        if values.size >= self._flush_at:
+            self._absorb([values])
+            return
+        kept = values.astype(np.float64).ravel()
         with self._lock:
-            self._pending.append(values)
-            self._pending_size += values.size
+            self._pending.append(kept)
+            self._pending_size += kept.size
             if self._pending_size < self._flush_at:
                 return
             pending, self._pending, self._pending_size = self._pending, [], 0

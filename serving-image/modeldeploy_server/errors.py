@@ -22,12 +22,10 @@ class ServerError(Exception):
     status_code = 500
     outcome = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
-
-    def headers(self) -> dict[str, str]:
-        return {}
+        self.headers = headers or {}
 
 
 class InvalidInputError(ServerError):
@@ -68,11 +66,9 @@ class MethodNotAllowedError(ServerError):
     outcome = "invalid_input"
 
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
-        super().__init__(f"method {method} is not allowed on {path}; use {' or '.join(allowed)}")
-        self.allowed = allowed
-
-    def headers(self) -> dict[str, str]:
-        return {"Allow": ", ".join(self.allowed)}
+        super().__init__(
+            f"method {method} is not allowed on {path}; use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)}
+        )
 
 
 class HttpStatusError(ServerError):
@@ -82,15 +78,6 @@ class HttpStatusError(ServerError):
         super().__init__(detail)
         self.status_code = status_code
         self.outcome = "invalid_input" if status_code < 500 else "error"
-
-
-def routing_error(method: str, path: str, status_code: int, detail: str, allow: str | None) -> ServerError:
-    """The protocol error for a status the router answers (unknown path, wrong method, ...)."""
-    if status_code == 404:
-        return RouteNotFoundError(method, path)
-    if status_code == 405 and allow:
-        return MethodNotAllowedError(method, path, tuple(part.strip() for part in allow.split(",")))
-    return HttpStatusError(status_code, detail)
 
 
 class PayloadTooLargeError(ServerError):
@@ -108,11 +95,7 @@ class UnavailableError(ServerError):
     outcome = "unavailable"
 
     def __init__(self, message: str, retry_after_seconds: int) -> None:
-        super().__init__(message)
-        self.retry_after_seconds = retry_after_seconds
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
+        super().__init__(message, {"Retry-After": str(retry_after_seconds)})
 
 
 class ShuttingDownError(UnavailableError):
@@ -156,4 +139,13 @@ def render(error: ServerError) -> tuple[int, dict[str, str], bytes]:
     (an ``InternalError`` was logged with its traceback where it was caught)."""
     if error.status_code >= 500 and error.status_code != 503 and not isinstance(error, InternalError):
         log.error("%s", error.message)
-    return error.status_code, {"content-type": JSON_TYPE, **error.headers()}, orjson.dumps({"error": error.message})
+    return error.status_code, {"content-type": JSON_TYPE, **error.headers}, orjson.dumps({"error": error.message})
+
+
+def routing_error(method: str, path: str, status_code: int, detail: str, allow: str | None) -> ServerError:
+    """The protocol error for a status the router answers (unknown path, wrong method, ...)."""
+    if status_code == 404:
+        return RouteNotFoundError(method, path)
+    if status_code == 405 and allow:
+        return MethodNotAllowedError(method, path, tuple(part.strip() for part in allow.split(",")))
+    return HttpStatusError(status_code, detail)

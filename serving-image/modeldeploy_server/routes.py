@@ -52,38 +52,32 @@ def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
     async def server_metadata() -> Response:
         return JSONResponse(plane.server_metadata())
 
-    @router.get(
-        "/v2/models/{model_name}",
-        tags=[TAG],
-        response_model=ModelMetadataResponse,
-        summary="Model metadata",
-        responses=MODEL_ERRORS,
-    )
     async def model_metadata(model_name: served_model) -> Response:
         return JSONResponse(plane.model_metadata(model_name))
 
-    @router.get(
-        "/v2/models/{model_name}/versions/{version}",
-        tags=[TAG],
-        response_model=ModelMetadataResponse,
-        summary="Model version metadata",
-        responses=MODEL_ERRORS,
-    )
     async def model_version_metadata(model_name: served_model, version: VersionParam) -> Response:
         return JSONResponse(plane.model_metadata(model_name, version))
 
-    @router.get("/v2/models/{model_name}/ready", tags=[TAG], summary="Model readiness", responses=MODEL_ERRORS)
     async def model_ready(model_name: served_model) -> Response:
         return model_readiness(model_name, None)
 
-    @router.get(
-        "/v2/models/{model_name}/versions/{version}/ready",
-        tags=[TAG],
-        summary="Model version readiness",
-        responses=MODEL_ERRORS,
-    )
     async def model_version_ready(model_name: served_model, version: VersionParam) -> Response:
         return model_readiness(model_name, version)
+
+    for path, endpoint, summary, model in (
+        ("/v2/models/{model_name}", model_metadata, "Model metadata", ModelMetadataResponse),
+        (
+            "/v2/models/{model_name}/versions/{version}",
+            model_version_metadata,
+            "Model version metadata",
+            ModelMetadataResponse,
+        ),
+        ("/v2/models/{model_name}/ready", model_ready, "Model readiness", None),
+        ("/v2/models/{model_name}/versions/{version}/ready", model_version_ready, "Model version readiness", None),
+    ):
+        router.add_api_route(
+            path, endpoint, methods=["GET"], tags=[TAG], summary=summary, response_model=model, responses=MODEL_ERRORS
+        )
 
     @router.get("/metrics", tags=["metrics"], summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:

@@ -1,1 +1,2 @@
-"""Helpers shared by the test suites: the operator harness, the Argo CD Lua runner, JSON merge patch."""
+"""Helpers shared by the test suites and benchmarks: the operator harness, real-pod helpers, ONNX models
+built from code, the Argo CD Lua runner, JSON merge patch."""

@@ -7,6 +7,8 @@ import importlib.util
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ import numpy as np
 import onnxruntime
 
 import localcluster
-from testsupport.operator_harness import Harness
+from testsupport.onnx_models import build_slow
+from testsupport.operator_harness import Harness, bind_operator_rules, refused_by_rbac
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
@@ -93,32 +96,12 @@ class Serving:
         return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
 
-def write_heavy_model(folder: Path, relative: str, layers: int = 8, width: int = 1024) -> None:
-    """A deep MLP (64 -> width x layers -> 8, open batch) that keeps a core busy for milliseconds a row:
-    the CPU-heavy model of the autoscaling tests. Input `input`, FP32 [batch, 64]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(7)
-    sizes = [64, *([width] * layers), 8]
-    nodes, weights = [], []
-    current = "input"
-    for index in range(len(sizes) - 1):
-        matrix = (rng.standard_normal((sizes[index], sizes[index + 1])) / np.sqrt(sizes[index])).astype(np.float32)
-        weights.append(numpy_helper.from_array(matrix, f"w{index}"))
-        last = index == len(sizes) - 2
-        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], ["output" if last else f"m{index}"]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"m{index}"], [f"r{index}"]))
-            current = f"r{index}"
-    graph = helper.make_graph(
-        nodes, "heavy", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])], initializer=weights,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+def write_heavy_model(folder: Path, relative: str) -> None:
+    """The CPU-heavy model of the autoscaling tests on the claim: a deep MLP that keeps a core busy for
+    milliseconds a row (input `input`, FP32 [batch, 64])."""
     path = folder / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
+    build_slow(path, layers=8, width=1024)
     path.chmod(0o644)
 
 
@@ -143,3 +126,26 @@ def claim_folder(cluster: localcluster.Cluster, namespace: str, claim: str) -> P
     volume = cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}").stdout
     path = cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}").stdout
     return Path(path)
+
+
+@contextmanager
+def operator_with_claim(cluster: localcluster.Cluster, namespace: str, tmp_path: Path,
+                        **operator_env: str) -> Iterator[tuple[Harness, Path]]:
+    """The operator (a host process bound to exactly the chart's rules) and a bound local-path claim
+    `models`; yields the harness and the claim's folder. Fails the test if RBAC refused the operator."""
+    role_name, kubeconfig = bind_operator_rules(cluster, namespace)
+    harness = Harness(cluster, namespace, tmp_path, kubeconfig)
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+    harness.kubectl("apply", "-f", "-", input=json.dumps(claim))  # the default class: local-path
+    harness.eventually(lambda: harness.get("pvc", "models")["status"].get("phase") == "Bound", 60, "claim bound")
+    harness.start_operator(**operator_env)
+    try:
+        yield harness, claim_folder(cluster, namespace, "models")
+    finally:
+        for operator in harness.operators:
+            operator.stop()
+        logs = harness.logs()
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", role_name, "--ignore-not-found", check=False)
+    refused = refused_by_rbac(logs)
+    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])

@@ -19,8 +19,8 @@ import pytest
 import localcluster
 from localkube.metrics import MetricsStack
 from testsupport.loadgen import Load, Timeline
-from testsupport.operator_harness import Harness, bind_operator_rules, refused_by_rbac
-from testsupport.realpods import REAL_NODE_SELECTOR, claim_folder, write_heavy_model
+from testsupport.operator_harness import Harness
+from testsupport.realpods import REAL_NODE_SELECTOR, operator_with_claim, write_heavy_model
 
 Cluster = localcluster.Cluster
 MODEL = "heavy/model.onnx"
@@ -88,27 +88,12 @@ class Scaling:
 @pytest.fixture
 def scaling(real_cluster: Cluster, real_namespace: str, real_crds: None, real_images: dict[str, str],
             metrics_stack: MetricsStack, tmp_path: Path) -> Iterator[Scaling]:
-    role_name, kubeconfig = bind_operator_rules(real_cluster, real_namespace)
-    harness = Harness(real_cluster, real_namespace, tmp_path, kubeconfig)
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
-    harness.kubectl("apply", "-f", "-", input=json.dumps(claim))
-    harness.eventually(lambda: harness.get("pvc", "models")["status"].get("phase") == "Bound", 60, "claim bound")
-    models = claim_folder(real_cluster, real_namespace, "models")
-    write_heavy_model(models, MODEL)
-    harness.start_operator(MODELDEPLOY_SERVER_IMAGE=real_images["server"],
-                           MODELDEPLOY_PROMETHEUS_URL=metrics_stack.prometheus_url,
-                           MODELDEPLOY_METRICS_WINDOW="20s")
-    try:
+    with operator_with_claim(real_cluster, real_namespace, tmp_path,
+                             MODELDEPLOY_SERVER_IMAGE=real_images["server"],
+                             MODELDEPLOY_PROMETHEUS_URL=metrics_stack.prometheus_url,
+                             MODELDEPLOY_METRICS_WINDOW="20s") as (harness, models):
+        write_heavy_model(models, MODEL)
         yield Scaling(harness, metrics_stack, models)
-    finally:
-        for operator in harness.operators:
-            operator.stop()
-        logs = harness.logs()
-        real_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role_name, "--ignore-not-found",
-                             check=False)
-    refused = refused_by_rbac(logs)
-    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
 
 
 def service_urls(s: Scaling, name: str) -> Callable[[], list[str]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ def node_status(cluster: localcluster.Cluster, name: str) -> dict[str, Any]:
     return status
 
 
-def test_real_node_runs_a_pod_and_a_second_start_after_stop_works(real_node_allowed: None) -> None:
+def test_real_node_runs_a_pod_and_a_second_start_after_stop_works(real_node_allowed: None, tmp_path: Path) -> None:
     bin_dir = localcluster.ensure_binaries(with_node=True)
-    for _ in range(2):
-        # A short folder: kubelet's unix sockets live under it (pytest's tmp_path is too long for them).
-        workdir = Path(tempfile.mkdtemp(prefix="md-node-"))
-        plane = localcluster.LocalControlPlane(bin_dir, workdir, real_nodes=1)
+    for attempt in range(2):
+        # pytest's long tmp path on purpose: the node's unix sockets must not live under it.
+        plane = localcluster.LocalControlPlane(bin_dir, tmp_path / f"cluster-{attempt}", real_nodes=1)
         cluster = plane.start()
         try:
             node = cluster.real_nodes[0]
