@@ -15,6 +15,7 @@ Needs root and the Debian packages of .ci/run (a real node), and the metrics sta
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -136,7 +137,7 @@ def main() -> int:
         results = {}
         for name, autoscaling in cases.items():
             cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(manifest(name, autoscaling)))
-            wait_for(f"{name} autoscaling", lambda n=name: scaling_active(cluster, n), timeout=300)
+            wait_for(f"{name} autoscaling", functools.partial(scaling_active, cluster, name), timeout=300)
             results[name] = measure(cluster, name, args.clients, args.seconds)
             cluster.kubectl("-n", NAMESPACE, "delete", "md", name, "--wait=true")
         needed = min(MAX_REPLICAS, math.ceil(args.clients / CONCURRENCY_TARGET))
