@@ -7,6 +7,7 @@ new pods were Ready, when the count came back), printed with `-s` and attached t
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +40,18 @@ def metrics_stack(real_cluster: Cluster) -> Iterator[MetricsStack]:
 
 
 @pytest.fixture(scope="session")
-def keda(metrics_stack: MetricsStack) -> MetricsStack:
-    """Prometheus scraping the serving pods, and KEDA's operator and metrics adapter."""
+def prometheus(metrics_stack: MetricsStack) -> MetricsStack:
+    """Prometheus scraping the serving pods, and KEDA's CRDs (KEDA itself joins through `keda`)."""
     metrics_stack.start_prometheus()
-    metrics_stack.start_keda()
+    metrics_stack.install_keda_crds()
     return metrics_stack
+
+
+@pytest.fixture(scope="session")
+def keda(prometheus: MetricsStack) -> MetricsStack:
+    """KEDA's operator and metrics adapter."""
+    prometheus.start_keda()
+    return prometheus
 
 
 @dataclass
@@ -132,6 +140,43 @@ def test_cpu_heavy_model_scales_out_under_load_and_back_in_after(scaling: Scalin
     timeline.note("back at 1 replica")
     assert set(load.statuses) == {200}, load.statuses
     print(timeline)
+
+
+def answers(stack: MetricsStack, promql: str) -> list[float]:
+    return [float(sample["value"][1]) for sample in stack.query(promql)]  # type: ignore[index]
+
+
+def positive(stack: MetricsStack, promql: str) -> bool:
+    return query_value(stack, promql) > 0
+
+
+def query_value(stack: MetricsStack, promql: str) -> float:
+    [sample] = stack.query(promql)
+    value = sample["value"]
+    assert isinstance(value, list)
+    return float(value[1])
+
+
+def test_the_scaled_objects_queries_read_the_pods_signals(scaling: Scaling, prometheus: MetricsStack) -> None:
+    """The PromQL the operator writes into each trigger, run against Prometheus scraping the real pods:
+    in-flight requests, p95 queue wait and request rate rise under load; idle, each reads 0 (not empty)."""
+    s, h = scaling, scaling.harness
+    s.apply("signals", {"concurrency": 2, "queueTimeP95Ms": 20, "requestsPerSecond": 5}, replicas={"min": 1, "max": 2},
+            cpu="100m", cpu_limit="100m")
+    h.wait_condition("signals", "Ready", "True", timeout=180)
+    scaled = h.eventually(lambda: h.get_or_none("scaledobject", "signals-stable"), 60, "the ScaledObject")
+    queries = {t["name"]: t["metadata"]["query"] for t in scaled["spec"]["triggers"]}
+    assert set(queries) == {"concurrency", "queuetimep95ms", "requestspersecond"}
+    for name, query in queries.items():  # idle: 0, not an empty answer
+        assert h.eventually(functools.partial(answers, s.stack, query), 60, f"{name} answered") == [0.0], name
+    load = Load(service_urls(s, "signals"), "signals", clients=6).start()
+    try:
+        for name, query in queries.items():
+            h.eventually(functools.partial(positive, s.stack, query), 90, f"{name} above 0 under load")
+        assert query_value(s.stack, queries["concurrency"]) >= 2
+    finally:
+        load.stop()
+    h.eventually(lambda: query_value(s.stack, queries["concurrency"]) == 0, 60, "no requests in flight after")
 
 
 def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Scaling, keda: MetricsStack) -> None:
