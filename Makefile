@@ -57,8 +57,9 @@ bench: venv binaries ## benchmarks, side by side in one run (~25 min on 2 cores)
 	$(PY) benchmarks/operator/bench_operator.py
 	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then \
 		$(PY) benchmarks/realnode/bench_real_node.py && \
-		$(PY) benchmarks/routing/bench_gateway.py; \
-	else echo "bench_real_node: skipped (a real node needs root and the packages .ci/run installs)"; fi
+		$(PY) benchmarks/routing/bench_gateway.py && \
+		$(PY) benchmarks/autoscaling/bench_autoscaling.py; \
+	else echo "bench_real_node, bench_gateway, bench_autoscaling: skipped (a real node needs root and the packages .ci/run installs)"; fi
 
 demo: venv binaries ## local control plane + operator + a canary ModelDeployment + a v2 inference answer
 	$(PY) hack/demo.py

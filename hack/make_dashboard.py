@@ -15,6 +15,9 @@ from typing import Any
 OUTPUT = Path(__file__).resolve().parent.parent / "charts" / "modeldeploy" / "files" / "grafana-dashboard.json"
 SCOPE = 'namespace=~"$namespace", modeldeployment=~"$modeldeployment"'
 BY = "modeldeployment, track"
+# The HPA per track is <name>-<track>, or keda-hpa-<name>-<track> when KEDA made it from our ScaledObject.
+HPA_SCOPE = 'namespace=~"$namespace", horizontalpodautoscaler=~"(keda-hpa-)?($modeldeployment)-(stable|canary)"'
+HPA_SERIES = '"kube_horizontalpodautoscaler_status_(current|desired)_replicas"'
 
 PANELS: list[tuple[str, str, str, str]] = [
     # title, unit, PromQL, legend
@@ -57,6 +60,31 @@ PANELS: list[tuple[str, str, str, str]] = [
         "short",
         f"sum by ({BY}) (modeldeploy_queue_depth{{{SCOPE}}})",
         "{{modeldeployment}} {{track}}",
+    ),
+    (
+        "In-flight requests per pod (the concurrency autoscaling signal)",
+        "short",
+        f"avg by ({BY}) (modeldeploy_requests_in_flight{{{SCOPE}}})",
+        "{{modeldeployment}} {{track}}",
+    ),
+    (
+        "Queue wait p95 (the queueTimeP95Ms autoscaling signal)",
+        "s",
+        f"histogram_quantile(0.95, sum by ({BY}, le) "
+        f"(rate(modeldeploy_queue_wait_seconds_bucket{{{SCOPE}}}[$__rate_interval])))",
+        "{{modeldeployment}} {{track}}",
+    ),
+    (
+        "Serving pods ready (scraped)",
+        "short",
+        f"sum by ({BY}) (modeldeploy_ready{{{SCOPE}}})",
+        "{{modeldeployment}} {{track}}",
+    ),
+    (
+        "Autoscaler current vs desired replicas (kube-state-metrics)",
+        "short",
+        f"{{__name__=~{HPA_SERIES}, {HPA_SCOPE}}}",
+        "{{horizontalpodautoscaler}} {{__name__}}",
     ),
     (
         "Input drift (PSI; above 0.2 is a large shift)",

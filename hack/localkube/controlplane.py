@@ -42,7 +42,11 @@ CLIENT_IDENTITIES: dict[str, tuple[str, str | None]] = {
     "kwok": ("kwok-controller", "system:masters"),
     # The API server's identity towards kubelets (logs, exec, port-forward).
     "apiserver-kubelet": ("kube-apiserver-kubelet-client", "system:masters"),
+    # The aggregation layer's identity towards extension API servers (metrics-server, KEDA's adapter).
+    "front-proxy": ("front-proxy-client", None),
 }
+# Client identities that are certificates for the API server itself, not kubeconfigs.
+APISERVER_CLIENTS = ("apiserver-kubelet", "front-proxy")
 
 
 def ensure_binaries(*, with_node: bool = False) -> Path:
@@ -236,9 +240,10 @@ class LocalControlPlane:
         for name, content in files.items():
             (pki_dir / name).write_bytes(content)
             (pki_dir / name).chmod(0o600)
-        pki.clients["apiserver-kubelet"].write(pki_dir / "apiserver-kubelet.crt", pki_dir / "apiserver-kubelet.key")
+        for label in APISERVER_CLIENTS:
+            pki.clients[label].write(pki_dir / f"{label}.crt", pki_dir / f"{label}.key")
         for label, pair in pki.clients.items():
-            if label == "apiserver-kubelet":
+            if label in APISERVER_CLIENTS:
                 continue
             path = self.kubeconfig if label == "admin" else self.workdir / f"kubeconfig-{label}"
             write_kubeconfig(path, self.server, pki.ca.cert_pem, pair)
@@ -302,6 +307,17 @@ class LocalControlPlane:
             f"--kubelet-client-key={pki / 'apiserver-kubelet.key'}",
             f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--kubelet-preferred-address-types=InternalIP",
+            # The aggregation layer (as kubeadm sets it up): extension API servers such as metrics-server
+            # and KEDA's metrics adapter trust the front proxy's requests through these headers.
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy.key'}",
+            # Straight to the extension server's endpoint (they run beside the node, not behind kube-proxy).
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             # With real nodes, the `kubernetes` Service points at the API server, so in-cluster clients work.
             f"--endpoint-reconciler-type={'lease' if self.network else 'none'}",

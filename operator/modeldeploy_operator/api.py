@@ -76,6 +76,8 @@ class DiscoveryApi(Protocol):
 
     def served_version(self, group: str) -> str | None: ...
 
+    def keda_installed(self) -> bool: ...
+
 
 class ControllerApi(ChildApi, InventoryApi, DiscoveryApi, Protocol):
     """Everything the controller uses."""

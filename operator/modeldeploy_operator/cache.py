@@ -60,6 +60,8 @@ class OwnerChildren:
     pods: dict[str, statuses.PodView] = field(default_factory=dict)
     pods_seen: dict[str, int] = field(default_factory=dict)
     vanished: int = 0  # children deleted since the owner was last confirmed to exist
+    hpas: dict[str, statuses.HpaView] = field(default_factory=dict)  # ours and those KEDA made for us
+    scaled_objects: dict[str, statuses.ScaledObjectView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class Snapshot:
     claims: Mapping[str, str | None]  # claim -> phase, None when missing
     routers: Routers
     vanished: int = 0  # children deleted since the resource was last confirmed to exist
+    keda: bool = False
+    hpas: Mapping[str, statuses.HpaView] = field(default_factory=dict)
+    scaled_objects: Mapping[str, statuses.ScaledObjectView] = field(default_factory=dict)
 
     @property
     def deleting(self) -> bool:
@@ -91,6 +96,14 @@ def _foreign_spec_edit(body: Mapping[str, Any]) -> bool:
         if "f:spec" in (entry.get("fieldsV1") or {}):
             return True
     return False
+
+
+def controlled_by_us(body: Mapping[str, Any]) -> bool:
+    """Whether a ModelDeployment controls the object. KEDA copies a ScaledObject's labels onto the HPA it
+    makes: that HPA carries our labels but belongs to KEDA, so it is observed, never pruned."""
+    refs = body.get("metadata", {}).get("ownerReferences") or []
+    controller = next((ref for ref in refs if ref.get("controller")), None)
+    return controller is None or controller.get("kind") == names.KIND
 
 
 def owner_key(body: Mapping[str, Any]) -> Key | None:
@@ -116,6 +129,7 @@ class WatchCache:
         self._claims: dict[tuple[str, str], str] = {}
         self._routing_crds: dict[str, str] = {}  # routing CRD kind -> preferred served version
         self._routing_reported: set[str] = set()  # kinds the CRD watch has spoken about
+        self._keda = False
         self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
         self._terminating: dict[str, float] = {}  # namespace -> when the API server said it is being deleted
         self._sequence = 0  # counts observations: what was seen after a mark is never dropped by its audit
@@ -261,6 +275,9 @@ class WatchCache:
                 claims={claim: self._claims.get((key[0], claim)) for claim in entry.claims},
                 routers=self._routers_locked(),
                 vanished=owner.vanished,
+                keda=self._keda,
+                hpas=dict(owner.hpas),
+                scaled_objects=dict(owner.scaled_objects),
             )
 
     def confirmed(self, key: Key) -> None:
@@ -308,11 +325,17 @@ class WatchCache:
         )
         view = statuses.summarize_deployment(body) if kind == "Deployment" else None
         track = (meta.get("labels") or {}).get(names.LABEL_TRACK)
+        ours = controlled_by_us(body)
         with self._lock:
             owner = self._owners.setdefault(key, OwnerChildren())
-            owner.children[(kind, meta["name"])] = replace(entry, seen=self._next())
-            if view is not None and track:
+            if ours:
+                owner.children[(kind, meta["name"])] = replace(entry, seen=self._next())
+            if view is not None and track and ours:
                 owner.deployments[track] = view
+            if kind == names.HPA.kind:
+                owner.hpas[meta["name"]] = statuses.summarize_hpa(body)
+            elif kind == names.SCALED_OBJECT.kind and ours:
+                owner.scaled_objects[meta["name"]] = statuses.summarize_scaled_object(body)
         return key
 
     def forget_child(self, body: Mapping[str, Any], kind: str | None = None) -> Key | None:
@@ -324,6 +347,8 @@ class WatchCache:
             owner = self._owners.get(key)
             if owner is not None:
                 self._drop_child_locked(owner, (kind, name))
+                if kind == names.HPA.kind:
+                    owner.hpas.pop(name, None)  # KEDA's HPA is observed without being a child
                 self._drop_if_empty(key, owner)
         return key
 
@@ -332,6 +357,10 @@ class WatchCache:
         if owner.children.pop(child_id, None) is None:
             return
         owner.vanished += 1
+        if child_id[0] == names.HPA.kind:
+            owner.hpas.pop(child_id[1], None)
+        if child_id[0] == names.SCALED_OBJECT.kind:
+            owner.scaled_objects.pop(child_id[1], None)
         if child_id[0] == names.DEPLOYMENT.kind:
             owner.deployments = {t: v for t, v in owner.deployments.items() if v.name != child_id[1]}
 
@@ -359,7 +388,7 @@ class WatchCache:
         return key
 
     def _drop_if_empty(self, key: Key, owner: OwnerChildren) -> None:
-        if not owner.children and not owner.pods:
+        if not owner.children and not owner.pods and not owner.hpas:
             self._owners.pop(key, None)
 
     # Claims and routing APIs -----------------------------------------------------------------------------
@@ -417,6 +446,16 @@ class WatchCache:
             return versions[-1] if all(versions) else None
 
         return Routers(istio=served(names.ISTIO_KINDS), gateway_api=served(names.GATEWAY_API_KINDS))
+
+    def set_keda(self, installed: bool) -> bool:
+        """Record whether KEDA's ScaledObject CRD is installed; True when that changed."""
+        with self._lock:
+            changed, self._keda = self._keda != installed, installed
+            return changed
+
+    def keda(self) -> bool:
+        with self._lock:
+            return self._keda
 
     def routers(self) -> Routers:
         with self._lock:

@@ -35,6 +35,8 @@ class ServingConfig:
     image_pull_policy: str = "IfNotPresent"
     pre_stop_seconds: int = 5
     termination_grace_seconds: int = 30
+    prometheus_url: str | None = None
+    metrics_window: str = "1m"
 
 
 class OperatorConfig(BaseSettings):
@@ -57,6 +59,10 @@ class OperatorConfig(BaseSettings):
     """Seconds a stopping serving pod keeps serving, while the endpoints controller takes it out of rotation."""
     termination_grace_seconds: int = Field(30, ge=1, le=3600)
     """terminationGracePeriodSeconds of the serving pods: the longest a stopping pod may take."""
+    prometheus_url: str | None = None
+    """Prometheus KEDA reads the concurrency, queue time and request-rate signals from; unset, they fall back to CPU."""
+    metrics_window: str = Field("1m", pattern=r"^[1-9][0-9]*(s|m)$")
+    """Window of rate() in the autoscaling queries (e.g. 30s, 1m): at least four scrape intervals."""
 
     # Scope and concurrency.
     namespaces: Annotated[tuple[str, ...], NoDecode] = ()

@@ -90,6 +90,8 @@ class Controller:
             version = routers.version_of(kind)
             if version is not None:
                 targets.append((kind.at_version(version), managed))
+        if self.cache.keda():
+            targets += [(kind, managed) for kind in names.KEDA_KINDS]
         return targets
 
     def wait_for_sync(self, routers: Routers, timeout: float = 180.0) -> None:
@@ -205,15 +207,18 @@ class Controller:
 
     def audit(self, rediscover: bool = False) -> None:
         """Drop from the cache what the API server no longer holds; requeue the resources it concerns.
-        After a re-list, also ask again whether Istio and the Gateway API are installed: their CRDs may have
-        come or gone while the CRD watch was away (the CRD watch keeps that current otherwise)."""
+        After a re-list, also ask again whether Istio, the Gateway API and KEDA are installed: their CRDs
+        may have come or gone while the CRD watch was away (the CRD watch keeps that current otherwise)."""
         if rediscover:
             try:
                 if self.cache.reset_routers(self.discover_routers()):
                     log.info("routing APIs installed now: %s", self.cache.routers())
                     self.enqueue_all()
+                if self.cache.set_keda(self.api.keda_installed()):
+                    log.info("KEDA is %s", "installed" if self.cache.keda() else "gone")
+                    self.enqueue_all()
             except KubeError as error:
-                log.warning("could not check which routing APIs are installed: %s", error)
+                log.warning("could not check which routing APIs and whether KEDA are installed: %s", error)
         namespaces: list[str | None] = list(self.config.namespaces) or [None]
         for kind, selector in self._inventory_targets(self.cache.routers()):
             before = self.cache.mark()

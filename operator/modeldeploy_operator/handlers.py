@@ -28,6 +28,7 @@ from modeldeploy_operator.controller import Controller, Runtime
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 ROUTING_CRDS = {names.crd_name(kind): kind.kind for kind in names.ROUTING_KINDS}
+KEDA_CRD = names.crd_name(names.SCALED_OBJECT)
 
 
 def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
@@ -113,6 +114,20 @@ async def routing_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, me
         controller.enqueue_all()
 
 
+# KEDA's ScaledObject CRD appearing or going away switches the custom autoscaling signals on or off ------------
+
+def _is_keda_crd(name: str | None, **_: Any) -> bool:
+    return name == KEDA_CRD
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_keda_crd)
+async def keda_crd_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
+    controller = memo.controller
+    installed = event["type"] != "DELETED" and kube.serves_version(body, names.SCALED_OBJECT.version)
+    if controller.cache.set_keda(installed):
+        controller.enqueue_all()
+
+
 # Operator lifecycle ------------------------------------------------------------------------------------------
 
 @kopf.on.startup()
@@ -144,6 +159,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
     controller.cache.set_discovered(await asyncio.to_thread(controller.discover_routers))
+    controller.cache.set_keda(await asyncio.to_thread(controller.api.keda_installed))
     controller.start(controller.cache.routers())
     memo.elector.start()
 

@@ -215,6 +215,16 @@ class Kube:
             raise
         return names.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
 
+    def keda_installed(self) -> bool:
+        """Whether the API server serves KEDA's ScaledObjects at the version the operator writes."""
+        try:
+            resources = self.request("GET", f"/apis/{names.SCALED_OBJECT.api_version}")
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(r.get("name") == names.SCALED_OBJECT.plural for r in resources.get("resources", []))
+
     def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 35)."""
         info = self.request("GET", "/version")
@@ -240,6 +250,11 @@ class Kube:
         """Optimistic concurrency: fails with 409 when someone else wrote the lease since we read it."""
         meta = lease["metadata"]
         return self.request("PUT", names.LEASE.path(meta["namespace"], meta["name"]), dict(lease))
+
+
+def serves_version(body: Mapping[str, Any], version: str) -> bool:
+    """Whether a CRD body (from the CRD watch) serves the given version."""
+    return any(v.get("name") == version and v.get("served") for v in (body.get("spec") or {}).get("versions", []))
 
 
 def routing_version_of_crd(body: Mapping[str, Any]) -> str | None:

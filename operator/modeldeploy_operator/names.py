@@ -41,7 +41,8 @@ MODEL_SOURCE_READY = "ModelSourceReady"
 STABLE_READY = "StableReady"
 CANARY_READY = "CanaryReady"
 ROUTING_READY = "RoutingReady"
-CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY)
+AUTOSCALING_READY = "AutoscalingReady"
+CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTING_READY, AUTOSCALING_READY)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,13 @@ GATEWAY_API_KINDS = (HTTP_ROUTE,)
 GATEWAY = Kind(GATEWAY_API_GROUP, "v1", "Gateway", "gateways")  # only named in parentRefs, never written
 ROUTING_KINDS = (*ISTIO_KINDS, *GATEWAY_API_KINDS)
 VERSIONS_BY_GROUP = {ISTIO_GROUP: ISTIO_VERSIONS, GATEWAY_API_GROUP: GATEWAY_API_VERSIONS}
-CHILD_KINDS = (*CORE_CHILD_KINDS, *ROUTING_KINDS)
+
+# KEDA: a ScaledObject per autoscaled track when custom signals are asked for and its CRD is installed.
+# KEDA makes the HorizontalPodAutoscaler itself (owned by the ScaledObject, named keda-hpa-<name>).
+SCALED_OBJECT = Kind("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects")
+KEDA_KINDS = (SCALED_OBJECT,)
+KEDA_HPA_PREFIX = "keda-hpa-"
+CHILD_KINDS = (*CORE_CHILD_KINDS, *ROUTING_KINDS, *KEDA_KINDS)
 CHILD_KIND_BY_NAME = {kind.kind: kind for kind in CHILD_KINDS}
 
 # What else the operator reads or writes.

@@ -126,6 +126,24 @@ def describe_counts(value: Any) -> str:
     return str(value)
 
 
+def format_autoscaling(autoscaling: Mapping[str, Any]) -> list[str]:
+    """Per track: the autoscaler, its replicas (current -> desired of min..max) and each metric vs target."""
+    if not autoscaling:
+        return []
+    rows = []
+    for track in ("stable", "canary"):
+        entry = autoscaling.get(track)
+        if not entry:
+            continue
+        current, desired = entry.get("currentReplicas", "?"), entry.get("desiredReplicas", "?")
+        metrics = ", ".join(f"{m.get('name')} {m.get('current', '<unknown>')}/{m.get('target', '?')}"
+                            for m in entry.get("metrics") or []) or "<not reported yet>"
+        rows.append([track, str(entry.get("autoscaler", "")), f"{current} -> {desired}",
+                     f"{entry.get('minReplicas', '?')}..{entry.get('maxReplicas', '?')}", metrics])
+    header = ["TRACK", "AUTOSCALER", "REPLICAS", "BOUNDS", "METRICS (current/target)"]
+    return ["", "Autoscaling:", *("  " + row for row in format_table(header, rows))]
+
+
 def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     """The readable summary `kubectl modeldeploy status` prints."""
     spec = resource.get("spec") or {}
@@ -178,6 +196,7 @@ def format_status(resource: Mapping[str, Any], now: datetime) -> str:
     if lag:
         lines.append(f"Warning: {lag}")
 
+    lines.extend(format_autoscaling(status.get("autoscaling") or {}))
     lines.append("")
     if conditions:
         rows = [

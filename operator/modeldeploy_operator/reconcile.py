@@ -67,7 +67,7 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
     if snapshot.deleting or not isinstance(spec, specs.ModelDeploymentSpec):
         return Plan()  # going away (garbage collection removes the children), or nothing usable to act on
     owner = builders.Owner.from_body(snapshot.body)
-    desired = builders.desired_children(owner, spec, config, snapshot.routers)
+    desired = builders.desired_children(owner, spec, config, snapshot.routers, snapshot.keda)
     apply = tuple(m for m in desired if needs_apply(m, snapshot.children.get((m["kind"], m["metadata"]["name"]))))
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     delete = []
@@ -101,6 +101,9 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
             pods=snapshot.pods,
             routers=snapshot.routers,
             apply_errors=outcome.errors,
+            keda=snapshot.keda,
+            hpas=snapshot.hpas,
+            scaled_objects=snapshot.scaled_objects,
         )
         status = statuses.compute_status(observation, snapshot.status, now, config)
     if statuses.same_status(snapshot.status, status):

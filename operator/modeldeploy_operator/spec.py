@@ -308,15 +308,104 @@ class Canary(_Model):
         return self.model
 
 
+class ScalingStep(_Model):
+    """How fast one direction of scaling may move: a stabilization window and step limits per period."""
+
+    stabilization_window_seconds: Annotated[int | None, Between(0, 3600)] = Field(
+        default=None,
+        description="Seconds of past recommendations considered before moving: the highest (scale-up) or "
+        "lowest (scale-down) count wanted over the window is used. Default 0 up, 300 down.",
+    )
+    max_pods: Annotated[int | None, Between(1, 1000)] = Field(
+        default=None, description="Most pods added (scale-up) or removed (scale-down) per period."
+    )
+    max_percent: Annotated[int | None, Between(1, 1000)] = Field(
+        default=None,
+        description="Most pods added or removed per period, in percent of the current count. Without "
+        "maxPods or maxPercent: up 4 pods or 100% (the larger), down 50%. With both: scale-up takes the "
+        "larger step, scale-down the smaller.",
+    )
+    period_seconds: Annotated[int | None, Between(1, 1800)] = Field(
+        default=None, description="The period the step limits apply to (default 15 up, 60 down)."
+    )
+
+
+@dataclass(frozen=True)
+class StepDefaults:
+    window: int
+    max_pods: int | None
+    max_percent: int | None
+    period: int
+
+
+SCALE_UP_DEFAULTS = StepDefaults(window=0, max_pods=4, max_percent=100, period=15)
+# Serving pods are slow to bring back (image, model load, warm-up): remove at most half a minute.
+SCALE_DOWN_DEFAULTS = StepDefaults(window=300, max_pods=None, max_percent=50, period=60)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One thing the autoscaler aims for, in the unit the spec names it."""
+
+    name: str  # the spec's field name (camelCase), also the name status reports
+    target: int
+    per_pod: bool  # a total shared by the pods (HPA AverageValue) or one value for the track (Value)
+
+
 class Autoscaling(_Model):
-    """What the HorizontalPodAutoscaler (autoscaling/v2) aims for."""
+    """What each track's autoscaler aims for and how fast it may move.
+
+    CPU utilization uses the HorizontalPodAutoscaler alone. The other signals are read from the serving
+    pods' metrics in Prometheus by KEDA; without KEDA (or with no Prometheus configured in the operator)
+    the track scales on CPU and the AutoscalingReady condition says why.
+    """
 
     cpu_utilization: Annotated[int | None, Between(1, 100)] = Field(
-        None, description="Target average CPU use in percent of the requested CPU (default 70)."
+        default=None,
+        description="Target average CPU use in percent of the requested CPU (default 70 when no other "
+        "signal is set; with other signals, CPU counts only when set).",
+    )
+    concurrency: Annotated[int | None, Between(1, 100000)] = Field(
+        default=None,
+        description="Target in-flight requests per pod (modeldeploy_requests_in_flight, averaged over the "
+        "track's pods): what saturates a batched server before its CPU shows it. Needs KEDA.",
+    )
+    queue_time_p95_ms: Annotated[int | None, Between(1, 600000)] = Field(
+        default=None,
+        description="Target 95th percentile of the time a request waits for a batch slot, in milliseconds "
+        "(from modeldeploy_queue_wait_seconds over the track's pods). Needs KEDA.",
+    )
+    requests_per_second: Annotated[int | None, Between(1, 1000000)] = Field(
+        default=None,
+        description="Target requests per second per pod (the rate of modeldeploy_requests_total). Needs KEDA.",
+    )
+    scale_up: ScalingStep | None = Field(
+        default=None, description="Scale-up behaviour (default: no window, 4 pods or 100% per 15 s)."
+    )
+    scale_down: ScalingStep | None = Field(
+        default=None, description="Scale-down behaviour (default: 300 s window, 50% per 60 s)."
     )
 
     @property
-    def effective_cpu_utilization(self) -> int:
+    def custom_signals(self) -> tuple[Signal, ...]:
+        """The signals read through Prometheus, in the order their triggers are listed."""
+        found = (
+            (self.concurrency, Signal("concurrency", self.concurrency or 0, per_pod=True)),
+            (self.queue_time_p95_ms, Signal("queueTimeP95Ms", self.queue_time_p95_ms or 0, per_pod=False)),
+            (self.requests_per_second, Signal("requestsPerSecond", self.requests_per_second or 0, per_pod=True)),
+        )
+        return tuple(signal for value, signal in found if value is not None)
+
+    @property
+    def effective_cpu_utilization(self) -> int | None:
+        """The CPU target in use, None when only custom signals were asked for."""
+        if self.cpu_utilization is not None:
+            return self.cpu_utilization
+        return None if self.custom_signals else 70
+
+    @property
+    def fallback_cpu_utilization(self) -> int:
+        """The CPU target when the custom signals cannot be read."""
         return self.cpu_utilization if self.cpu_utilization is not None else 70
 
 
@@ -428,7 +517,11 @@ class ModelDeploymentSpec(_Model):
         default=None, description="Optional canary; remove it to send all traffic back to the stable model."
     )
     replicas: Replicas | None = Field(default=None, description="Replica bounds per track (default 1).")
-    autoscaling: Autoscaling | None = Field(default=None, description="Autoscaler target (default 70% CPU).")
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="What the autoscalers aim for (default 70% CPU) and how fast they move; used on a track "
+        "whose replicas.max is above replicas.min.",
+    )
     resources: Resources | None = Field(default=None, description="Container resources (CPU and memory).")
     gpu: Annotated[int | None, Between(0, 64)] = Field(
         default=None,
@@ -493,8 +586,8 @@ class ModelDeploymentSpec(_Model):
         return self.resources or DEFAULT_RESOURCES
 
     @property
-    def cpu_target(self) -> int:
-        return (self.autoscaling or Autoscaling()).effective_cpu_utilization
+    def effective_autoscaling(self) -> Autoscaling:
+        return self.autoscaling or Autoscaling()
 
 
 Status = Literal["True", "False", "Unknown"]
@@ -503,7 +596,10 @@ Status = Literal["True", "False", "Unknown"]
 class Condition(_Model):
     """A condition in the shape of the Kubernetes API conventions (metav1.Condition)."""
 
-    type: str = Field(max_length=316, description="Ready, ModelSourceReady, StableReady, CanaryReady or RoutingReady.")
+    type: str = Field(
+        max_length=316,
+        description="Ready, ModelSourceReady, StableReady, CanaryReady, RoutingReady or AutoscalingReady.",
+    )
     status: Status = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
     message: str = Field(max_length=32768, description="What happened, for people.")
@@ -537,13 +633,42 @@ class RoutingStatus(_Model):
     mirror_percent: int | None = Field(default=None, description="Percent of stable's requests copied to the canary.")
 
 
+class MetricStatus(_Model):
+    """One metric as the autoscaler sees it."""
+
+    name: str = Field(description="cpu, concurrency, queueTimeP95Ms or requestsPerSecond.")
+    current: str | None = Field(default=None, description="The value last read (e.g. 42% or 3.5).")
+    target: str | None = Field(default=None, description="The target it is held to.")
+
+
+class TrackAutoscaling(_Model):
+    """One track's autoscaler: which object, the replica counts it works with, the metrics it reads."""
+
+    autoscaler: str = Field(description="HorizontalPodAutoscaler/<name> or ScaledObject/<name> (KEDA).")
+    min_replicas: int = Field(description="Fewest replicas the autoscaler keeps.")
+    max_replicas: int = Field(description="Most replicas the autoscaler may run.")
+    current_replicas: int | None = Field(default=None, description="Replicas the autoscaler last saw.")
+    desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler last asked for.")
+    metrics: list[MetricStatus] | None = Field(
+        default=None, description="Each metric's current value and target.", json_schema_extra={"maxItems": 8}
+    )
+
+
+class AutoscalingStatus(_Model):
+    """Per track, what its autoscaler sees."""
+
+    stable: TrackAutoscaling | None = Field(default=None, description="The stable track's autoscaler.")
+    canary: TrackAutoscaling | None = Field(default=None, description="The canary track's autoscaler.")
+
+
 class ModelDeploymentStatus(_Model):
     """What the operator observed; written only through the status subresource."""
 
     observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Ready (overall) and the parts: ModelSourceReady, StableReady, CanaryReady, RoutingReady.",
+        description="Ready (overall) and the parts: ModelSourceReady, StableReady, CanaryReady, RoutingReady; "
+        "AutoscalingReady (the autoscalers read their metrics; reason ScalingLimited at replicas.max).",
         json_schema_extra={"maxItems": 16, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     traffic: Traffic | None = Field(default=None, description="The request split in effect.")
@@ -553,6 +678,9 @@ class ModelDeploymentStatus(_Model):
     desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")
     replica_summary: str | None = Field(default=None, description="ready/desired, for the REPLICAS column.")
     traffic_summary: str | None = Field(default=None, description="stable/canary percent, for the TRAFFIC column.")
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="Per autoscaled track: replicas and the metrics its autoscaler sees."
+    )
 
 
 class ModelDeployment(_Model):

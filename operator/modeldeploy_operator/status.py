@@ -18,6 +18,7 @@ from modeldeploy_operator import spec as specs
 from modeldeploy_operator.builders import Owner, Router, Routers, Track
 from modeldeploy_operator.config import ServingConfig
 from modeldeploy_operator.names import (
+    AUTOSCALING_READY,
     CANARY_READY,
     LABEL_TRACK,
     MODEL_SOURCE_READY,
@@ -64,6 +65,34 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class MetricView:
+    """One metric as the HPA sees it: its current value and target, as the HPA reports them."""
+
+    name: str  # cpu, or the external metric's name (KEDA: s<index>-prometheus)
+    current: str | None
+    target: str | None
+
+
+@dataclass(frozen=True)
+class HpaView:
+    """The few fields of a HorizontalPodAutoscaler that status shows (ours or the one KEDA made)."""
+
+    name: str
+    track: str
+    current_replicas: int
+    desired_replicas: int
+    metrics: tuple[MetricView, ...] = ()
+    conditions: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)  # type -> status, reason, message
+
+
+@dataclass(frozen=True)
+class ScaledObjectView:
+    name: str
+    track: str
+    ready: tuple[str, str, str] | None  # status, reason, message of its Ready condition; None before KEDA spoke
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything status depends on, gathered by the controller from its watch cache."""
 
@@ -75,6 +104,9 @@ class Observation:
     pods: Sequence[PodView] = ()
     routers: Routers = field(default_factory=Routers)
     apply_errors: Mapping[str, str] = field(default_factory=dict)  # child "Kind/name" -> error
+    keda: bool = False  # KEDA's ScaledObject CRD is installed
+    hpas: Mapping[str, HpaView] = field(default_factory=dict)  # HPA name -> view
+    scaled_objects: Mapping[str, ScaledObjectView] = field(default_factory=dict)  # name -> view
 
 
 def _clip(text: str) -> str:
@@ -100,6 +132,66 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentView:
         updated_replicas=int(status.get("updatedReplicas", 0) or 0),
         problem=problem,
     )
+
+
+def _metric_spec_name(metric: Mapping[str, Any]) -> str:
+    kind = str(metric.get("type", ""))
+    detail = metric.get(kind[:1].lower() + kind[1:], {}) or {}
+    if kind in {"Resource", "ContainerResource"}:
+        return str(detail.get("name", "resource"))
+    return str((detail.get("metric") or {}).get("name", kind))
+
+
+def _amount(values: Mapping[str, Any] | None) -> str | None:
+    """An HPA MetricTarget/MetricValueStatus as one string: 42% for utilization, else the quantity."""
+    if not values:
+        return None
+    if values.get("averageUtilization") is not None:
+        return f"{values['averageUtilization']}%"
+    for key in ("averageValue", "value"):
+        if values.get(key) is not None:
+            return quantity_text(str(values[key]))
+    return None
+
+
+def quantity_text(quantity: str) -> str:
+    """Milli-quantities ("2500m") as plain numbers ("2.5"): what people compare against a target."""
+    if quantity.endswith("m"):
+        try:
+            return f"{int(quantity[:-1]) / 1000:g}"
+        except ValueError:
+            return quantity
+    return quantity
+
+
+def summarize_hpa(body: Mapping[str, Any]) -> HpaView:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}) or {}, body.get("status", {}) or {}
+    targets = {_metric_spec_name(m): _amount((m.get(_key(m)) or {}).get("target")) for m in spec.get("metrics") or []}
+    currents = {_metric_spec_name(m): _amount((m.get(_key(m)) or {}).get("current"))
+                for m in status.get("currentMetrics") or []}
+    metrics = tuple(MetricView(name, currents.get(name), target) for name, target in targets.items())
+    conditions = {str(c.get("type")): (str(c.get("status")), str(c.get("reason", "")), str(c.get("message", "")))
+                  for c in status.get("conditions") or []}
+    return HpaView(
+        name=meta.get("name", ""),
+        track=(meta.get("labels") or {}).get(LABEL_TRACK, ""),
+        current_replicas=int(status.get("currentReplicas", 0) or 0),
+        desired_replicas=int(status.get("desiredReplicas", 0) or 0),
+        metrics=metrics,
+        conditions=conditions,
+    )
+
+
+def _key(metric: Mapping[str, Any]) -> str:
+    kind = str(metric.get("type", ""))
+    return kind[:1].lower() + kind[1:]
+
+
+def summarize_scaled_object(body: Mapping[str, Any]) -> ScaledObjectView:
+    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
+    ready = next(((str(c.get("status")), str(c.get("reason", "")), str(c.get("message", "")))
+                  for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return ScaledObjectView(meta.get("name", ""), (meta.get("labels") or {}).get(LABEL_TRACK, ""), ready)
 
 
 def _container_problem(pod_name: str, container: Mapping[str, Any]) -> Problem | None:
@@ -163,8 +255,8 @@ def _model_source(obs: Observation) -> _Cond:
             return _Cond(MODEL_SOURCE_READY, "False", "ClaimPending", f"{where} is Pending: not bound to a volume yet")
         if phase != "Bound":
             return _Cond(MODEL_SOURCE_READY, "False", f"Claim{phase}", f"{where} is {phase}")
-    names = ", ".join(builders.claims(obs.spec))
-    return _Cond(MODEL_SOURCE_READY, "True", "ClaimBound", f"PersistentVolumeClaim {names} bound")
+    claim_names = ", ".join(builders.claims(obs.spec))
+    return _Cond(MODEL_SOURCE_READY, "True", "ClaimBound", f"PersistentVolumeClaim {claim_names} bound")
 
 
 def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
@@ -279,6 +371,88 @@ def routing_status(obs: Observation) -> dict[str, Any]:
     return result
 
 
+def _signal_names(obs: Observation) -> dict[str, str]:
+    """KEDA names its external metrics s<trigger index>-<scaler>: back to the spec's signal names."""
+    signals = obs.spec.effective_autoscaling.custom_signals
+    return {f"s{index}-prometheus": signal.name for index, signal in enumerate(signals)}
+
+
+def _autoscaler_entry(obs: Observation, track: Track, keda_used: bool, hpa: HpaView | None) -> dict[str, Any]:
+    child = builders.child_name(obs.owner, track)
+    replicas = builders.track_replicas(obs.spec, track)
+    entry: dict[str, Any] = {
+        "autoscaler": f"{'ScaledObject' if keda_used else 'HorizontalPodAutoscaler'}/{child}",
+        "minReplicas": replicas.effective_min,
+        "maxReplicas": replicas.effective_max,
+    }
+    if hpa is not None and hpa.conditions:  # reported at least once (a fresh apply has no status yet)
+        signal_names = _signal_names(obs)
+        entry["currentReplicas"] = hpa.current_replicas
+        entry["desiredReplicas"] = hpa.desired_replicas
+        entry["metrics"] = [
+            {key: value for key, value in (("name", signal_names.get(m.name, m.name)), ("current", m.current),
+                                           ("target", m.target)) if value is not None}
+            for m in hpa.metrics
+        ]
+    return entry
+
+
+def _autoscaling(obs: Observation, config: ServingConfig) -> tuple[_Cond, dict[str, Any]]:
+    """AutoscalingReady and the per-track view: what the autoscalers see and say. True while they read
+    their metrics; its reason is ScalingLimited while a track wants more than replicas.max."""
+    tracks = [t for t in builders.active_tracks(obs.spec) if builders.track_replicas(obs.spec, t).autoscaled]
+    if not tracks:
+        fixed = "replicas.min equals replicas.max: a fixed count, no autoscaler"
+        return _Cond(AUTOSCALING_READY, "True", "FixedReplicas", fixed), {}
+    autoscaling = obs.spec.effective_autoscaling
+    keda_used = builders.uses_keda(obs.spec, config, obs.keda)
+    failures: list[tuple[str, str]] = []
+    waiting: list[str] = []
+    limited: list[str] = []
+    fallback = builders.autoscaler_fallback(obs.spec, config, obs.keda)
+    if fallback is not None:
+        asked = ", ".join(signal.name for signal in autoscaling.custom_signals)
+        why = (f"KEDA is not installed (no {names.crd_name(names.SCALED_OBJECT)} CRD)" if fallback == "KEDANotInstalled"
+               else "the operator has no Prometheus to read them from (MODELDEPLOY_PROMETHEUS_URL)")
+        failures.append((fallback, f"spec.autoscaling asks for {asked} but {why}: scaling on CPU at "
+                                   f"{autoscaling.fallback_cpu_utilization}% instead"))
+    per_track: dict[str, Any] = {}
+    for track in tracks:
+        hpa_name = builders.hpa_name(obs.owner, track, keda_used)
+        hpa = obs.hpas.get(hpa_name)
+        per_track[track] = _autoscaler_entry(obs, track, keda_used, hpa)
+        if keda_used:
+            scaled = obs.scaled_objects.get(builders.child_name(obs.owner, track))
+            if scaled is not None and scaled.ready is not None and scaled.ready[0] == "False":
+                failures.append((scaled.ready[1] or "ScaledObjectNotReady",
+                                 f"{track}: ScaledObject {scaled.name}: {scaled.ready[2]}"))
+        if hpa is None or not hpa.conditions:
+            waiting.append(f"{track}: HorizontalPodAutoscaler {hpa_name} has not reported yet")
+            continue
+        for kind in ("AbleToScale", "ScalingActive"):
+            state, reason, message = hpa.conditions.get(kind, ("True", "", ""))
+            if state == "False" and reason != "ScalingDisabled":
+                failures.append((reason or f"{kind}False", f"{track}: {message}"))
+        state, reason, message = hpa.conditions.get("ScalingLimited", ("False", "", ""))
+        if state == "True" and reason == "TooManyReplicas":
+            limited.append(f"{track}: at its maximum of {per_track[track]['maxReplicas']} replicas ({message})")
+    if failures:
+        ready = _Cond(AUTOSCALING_READY, "False", failures[0][0], "; ".join(m for _, m in failures + [
+            ("", w) for w in waiting]))
+    elif waiting:
+        ready = _Cond(AUTOSCALING_READY, "Unknown", "AutoscalerPending", "; ".join(waiting))
+    elif limited:
+        ready = _Cond(AUTOSCALING_READY, "True", "ScalingLimited", "; ".join(limited))
+    else:
+        on = [s.name for s in autoscaling.custom_signals] if keda_used else []
+        if autoscaling.effective_cpu_utilization is not None or not keda_used:
+            on.append("cpu")
+        ready = _Cond(AUTOSCALING_READY, "True", "ScalingActive",
+                      f"{', '.join(tracks)} scaled by {'KEDA' if keda_used else 'HorizontalPodAutoscaler'} on "
+                      f"{', '.join(on)}")
+    return ready, per_track
+
+
 def _overall(parts: list[_Cond], obs: Observation, summary: str) -> _Cond:
     other_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()]
     if other_errors:
@@ -334,8 +508,11 @@ def compute_status(
         state = "serving" if canary.status == "True" else f"not ready ({canary.reason})"
         summary += f"; canary {state} with {split['canary']}% of requests"
     overall = _overall(parts, obs, summary)
+    autoscaling, autoscalers = _autoscaling(obs, config)
     prior = _by_type((previous or {}).get("conditions"))
-    conditions = [_stamp(c, obs.generation, prior, now) for c in (overall, source, stable, canary, routing)]
+    conditions = [_stamp(c, obs.generation, prior, now)
+                  for c in (overall, source, stable, canary, routing, autoscaling)]
+    extra: dict[str, Any] = {"autoscaling": autoscalers} if autoscalers else {}
     return {
         "observedGeneration": obs.generation,
         "conditions": conditions,
@@ -346,6 +523,7 @@ def compute_status(
         "desiredReplicas": desired_total,
         "replicaSummary": f"{ready_total}/{desired_total}",
         "trafficSummary": f"{split['stable']}/{split['canary']}",
+        **extra,
     }
 
 
@@ -362,7 +540,7 @@ def invalid_spec_status(
 
 # Reasons that are a normal step on the way to Ready (a rollout, pods starting): Events for them are
 # Normal, so that `kubectl get events --field-selector type=Warning` lists only what needs a person.
-PROGRESS_REASONS = frozenset({"RollingOut", "RolloutPending", "ReplicasNotReady"})
+PROGRESS_REASONS = frozenset({"RollingOut", "RolloutPending", "ReplicasNotReady", "AutoscalerPending"})
 
 
 @dataclass(frozen=True)

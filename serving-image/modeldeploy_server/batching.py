@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 Runner = Callable[[Feeds], Feeds]
 BatchObserver = Callable[[int, float, Feeds], None]
+WaitObserver = Callable[[float], None]  # seconds one request waited in the queue for a worker
 
 
 class _Job:
@@ -85,6 +86,7 @@ class Batcher:
         batchable: bool = True,
         retry_after_seconds: int = 1,
         observer: BatchObserver | None = None,
+        wait_observer: WaitObserver | None = None,
     ) -> None:
         self._run = run
         self._max_rows = max_batch_size if batchable else 1
@@ -93,6 +95,7 @@ class Batcher:
         self._workers = workers
         self._retry_after = retry_after_seconds
         self._observer = observer
+        self._wait_observer = wait_observer
         self._pending: deque[_Job] = deque()
         self._pending_rows = 0
         self._busy = 0
@@ -159,10 +162,21 @@ class Batcher:
                     return
             jobs = self._take()
             if jobs:
+                self._observe_waits(jobs)
                 self._busy += 1
                 self._work.put(jobs)
         if not self._pending and not self._busy:
             self._idle.set()
+
+    def _observe_waits(self, jobs: list[_Job]) -> None:
+        """Queue time is what a request spends before a worker takes it: the autoscaling signal of a
+        saturated server whose CPU may still look calm (one batched run hides many waiting callers)."""
+        if self._wait_observer is None:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        for job in jobs:
+            self._wait_observer(now - job.enqueued)
 
     def _take(self) -> list[_Job]:
         """The queue's head and the compatible requests right behind it, up to the row limit."""

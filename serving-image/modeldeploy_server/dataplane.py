@@ -143,6 +143,7 @@ class DataPlane:
             batchable=model.batchable,
             retry_after_seconds=settings.retry_after_seconds,
             observer=self._observe_batch,
+            wait_observer=self.metrics.queue_wait.labels(model.name).observe,
         )
         self.batcher.start()
         self.metrics.bind_queue_depth(model.name, lambda: self.batcher.queue_depth if self.batcher else 0)

@@ -102,6 +102,13 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.queue_wait = Histogram(
+            "modeldeploy_queue_wait_seconds",
+            "Time a request waited in the queue before a worker took it (its batch's slot).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "modeldeploy_queue_depth",
             "Requests waiting for an inference worker.",

@@ -137,3 +137,36 @@ def test_full_queue_answers_503_with_retry_after(start_server: Callable[..., Any
     metrics = server.client.get("/metrics").text
     assert single(metrics, "modeldeploy_requests_total", model="slow", outcome="queue_full") == len(rejected)
     assert output_of(server.client.post("/v2/models/slow/infer", json=infer_body("input", heavy[:2]))).shape == (2, 8)
+
+
+def test_queue_wait_and_in_flight_are_the_autoscaling_signals(
+    start_server: Callable[..., Any], model_dir: Path
+) -> None:
+    """One row per run and one worker: concurrent requests must wait their turn, and the scrape says so
+    (a histogram of each request's wait, the in-flight gauge while they are being served)."""
+    server = start_server(
+        model_dir / "slow.onnx", "--max-batch-size", "1", "--inference-workers", "1", "--intra-op-threads", "1"
+    )
+    path = "/v2/models/slow/infer"
+    rng = np.random.default_rng(5)
+    bodies = [infer_body("input", rng.standard_normal((1, 64)).astype(np.float32)) for _ in range(24)]
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(post_concurrently, server.url, path, bodies, 8)
+        in_flight_seen = 0.0
+        while not load.done():
+            scrape = server.client.get("/metrics").text
+            in_flight_seen = max(in_flight_seen, single(scrape, "modeldeploy_requests_in_flight", model="slow"))
+        responses = load.result()
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert in_flight_seen >= 2  # eight clients against one worker: several are inside at once
+
+    families = {f.name: f for f in text_string_to_metric_families(server.client.get("/metrics").text)}
+    wait = families["modeldeploy_queue_wait_seconds"]
+    assert wait.type == "histogram"
+    count = single(server.client.get("/metrics").text, "modeldeploy_queue_wait_seconds_count", model="slow")
+    assert count == len(bodies)
+    buckets = {s.labels["le"]: s.value for s in wait.samples if s.name.endswith("_bucket")}
+    assert buckets["+Inf"] == count
+    # Serialized runs: most requests waited longer than the smallest bucket (0.5 ms).
+    assert buckets["0.0005"] < count / 2
+    assert single(server.client.get("/metrics").text, "modeldeploy_requests_in_flight", model="slow") == 0

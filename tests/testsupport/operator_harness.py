@@ -228,6 +228,22 @@ def install_istio(cluster: Cluster) -> None:
     _install(cluster, routing_crds.istio_crds(), ISTIO_CRD_NAMES)
 
 
+def keda_crds() -> Path:
+    """KEDA's CRDs of the pinned release, from its Go module (hack/build-metrics-binaries.sh keda-crds)."""
+    done = subprocess.run(["bash", str(REPO / "hack" / "build-metrics-binaries.sh"), "keda-crds"],
+                          capture_output=True, text=True, check=True)
+    return Path(done.stdout.strip().splitlines()[-1].split("=", 1)[1])
+
+
+def install_keda_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(keda_crds()))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+
+
+def uninstall_keda_crds(cluster: Cluster) -> None:
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", str(keda_crds()))
+
+
 def uninstall_istio(cluster: Cluster) -> None:
     cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
                     str(routing_crds.istio_crds()))

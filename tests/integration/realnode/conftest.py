@@ -4,15 +4,14 @@ whose pods run the serving image built from Dockerfile.server and load models fr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import localcluster
-from testsupport.operator_harness import Harness, bind_operator_rules, install_crd, refused_by_rbac
-from testsupport.realpods import Serving
+from testsupport.operator_harness import install_crd
+from testsupport.realpods import Serving, operator_with_claim
 
 Cluster = localcluster.Cluster
 
@@ -22,29 +21,9 @@ def real_crds(real_cluster: Cluster) -> None:
     install_crd(real_cluster)
 
 
-def claim_folder(cluster: Cluster, namespace: str, claim: str) -> Path:
-    volume = cluster.kubectl("get", "pvc", claim, "-n", namespace, "-o", "jsonpath={.spec.volumeName}").stdout
-    path = cluster.kubectl("get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}").stdout
-    return Path(path)
-
-
 @pytest.fixture
 def serving(real_cluster: Cluster, real_namespace: str, real_crds: None, real_images: dict[str, str],
             tmp_path: Path) -> Iterator[Serving]:
-    role_name, kubeconfig = bind_operator_rules(real_cluster, real_namespace)
-    harness = Harness(real_cluster, real_namespace, tmp_path, kubeconfig)
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
-    harness.kubectl("apply", "-f", "-", input=json.dumps(claim))  # the default class: local-path
-    harness.eventually(lambda: harness.get("pvc", "models")["status"].get("phase") == "Bound", 60, "claim bound")
-    harness.start_operator(MODELDEPLOY_SERVER_IMAGE=real_images["server"])
-    try:
-        yield Serving(harness, claim_folder(real_cluster, real_namespace, "models"), real_images)
-    finally:
-        for operator in harness.operators:
-            operator.stop()
-        logs = harness.logs()
-        real_cluster.kubectl("delete", "clusterrolebinding,clusterrole", role_name, "--ignore-not-found",
-                             check=False)
-    refused = refused_by_rbac(logs)
-    assert not refused, "the operator was refused by RBAC:\n" + "\n".join(refused[:10])
+    with operator_with_claim(real_cluster, real_namespace, tmp_path,
+                             MODELDEPLOY_SERVER_IMAGE=real_images["server"]) as (harness, models):
+        yield Serving(harness, models, real_images)

@@ -118,11 +118,11 @@ def test_labels_selector_and_owner_reference() -> None:
 def test_replicas_only_without_an_autoscaler() -> None:
     fixed = builders.deployment(OWNER, make_spec(replicas={"min": 3}), "stable", CONFIG)
     assert fixed["spec"]["replicas"] == 3
-    assert builders.horizontal_pod_autoscaler(OWNER, make_spec(replicas={"min": 3}), "stable") is None
+    assert builders.horizontal_pod_autoscaler(OWNER, make_spec(replicas={"min": 3}), "stable", CONFIG) is None
     scaled_spec = make_spec(replicas={"min": 2, "max": 6}, autoscaling={"cpuUtilization": 55})
     scaled = builders.deployment(OWNER, scaled_spec, "stable", CONFIG)
     assert "replicas" not in scaled["spec"]
-    hpa = builders.horizontal_pod_autoscaler(OWNER, scaled_spec, "stable")
+    hpa = builders.horizontal_pod_autoscaler(OWNER, scaled_spec, "stable", CONFIG)
     assert hpa is not None
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sentiment-stable"}
@@ -135,7 +135,7 @@ def test_canary_replicas_override() -> None:
     spec = make_spec(replicas={"min": 4, "max": 8},
                      canary={"model": {"pvc": "m", "path": "b.onnx"}, "replicas": {"min": 1}})
     assert builders.deployment(OWNER, spec, "canary", CONFIG)["spec"]["replicas"] == 1
-    assert builders.horizontal_pod_autoscaler(OWNER, spec, "canary") is None
+    assert builders.horizontal_pod_autoscaler(OWNER, spec, "canary", CONFIG) is None
 
 
 def test_gpu_limits_toleration_image_and_providers() -> None:

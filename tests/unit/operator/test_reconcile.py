@@ -241,6 +241,9 @@ class FakeApi:
     def served_version(self, group: str) -> str | None:
         return self.served[group]
 
+    def keda_installed(self) -> bool:
+        return False
+
     def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
         assert kind == names.MODEL_DEPLOYMENT
         return self.resources.get((namespace, name))

@@ -23,7 +23,7 @@ def test_minimal_spec_gets_defaults_in_code() -> None:
     assert not spec.stable_replicas.autoscaled
     assert spec.gpus == 0
     assert spec.canary_weight == 0
-    assert spec.cpu_target == 70
+    assert spec.effective_autoscaling.effective_cpu_utilization == 70
     assert spec.effective_resources.requests == {"cpu": "500m", "memory": "1Gi"}
     # Defaults are never materialized into what would be written back.
     assert spec.model_dump(by_alias=True, exclude_none=True) == {"model": {"pvc": "models", "path": "m/model.onnx"}}

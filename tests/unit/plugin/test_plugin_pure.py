@@ -386,3 +386,20 @@ def test_the_named_extra_brings_the_client_and_the_operator_extra_has_it_too() -
     imported = {line.split()[1].split(".")[0] for line in Path(plugin.__file__).read_text().splitlines()
                 if line.startswith(("import ", "from "))}
     assert imported - set(sys.stdlib_module_names) == {"modeldeploy_operator"}
+
+
+def test_status_shows_each_tracks_autoscaler_replicas_and_metrics() -> None:
+    resource = resource_with_canary()
+    resource["status"]["autoscaling"] = {
+        "stable": {"autoscaler": "ScaledObject/sentiment-stable", "minReplicas": 2, "maxReplicas": 10,
+                   "currentReplicas": 2, "desiredReplicas": 4,
+                   "metrics": [{"name": "concurrency", "current": "7.5", "target": "4"}]},
+        "canary": {"autoscaler": "ScaledObject/sentiment-canary", "minReplicas": 1, "maxReplicas": 3},
+    }
+    lines = plugin.format_status(resource, NOW).splitlines()
+    table = lines[lines.index("Autoscaling:") + 1 : lines.index("Conditions:") - 1]
+    assert table[0].split() == ["TRACK", "AUTOSCALER", "REPLICAS", "BOUNDS", "METRICS", "(current/target)"]
+    assert table[1].split() == ["stable", "ScaledObject/sentiment-stable", "2", "->", "4", "2..10", "concurrency",
+                                "7.5/4"]
+    assert table[2].split() == ["canary", "ScaledObject/sentiment-canary", "?", "->", "?", "1..3", "<not",
+                                "reported", "yet>"]

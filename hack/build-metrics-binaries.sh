@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Builds the metrics stack the autoscaling tests run for real — metrics-server, Prometheus and
+# KEDA's operator and metrics adapter — from the Go module proxy, each into a cache folder named
+# by its own pin, so changing one pin rebuilds only that component and a warm cache costs a stat.
+#
+# Prometheus and KEDA carry `replace` lines in their go.mod, which `go install pkg@version`
+# refuses; they build through a small wrapper module that requires the release and copies those
+# lines. Prints one `NAME=PATH` line per binary, and `keda-crds=PATH` for KEDA's CRDs (from its module).
+#
+# Usage: build-metrics-binaries.sh [metrics-server] [prometheus] [keda] [keda-crds]   (default: all)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root=${MODELDEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modeldeploy}
+work_dir="$cache_root/build"
+mkdir -p "$work_dir"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
+log() { echo "[build-metrics-binaries] $*" >&2; }
+
+wrapper_module() {  # folder, module, version: a module requiring the release with its replaces/excludes
+  local mod=$1 module=$2 version=$3
+  [ -f "$mod/go.sum" ] && return 0
+  mkdir -p "$mod"
+  local upstream
+  upstream=$(cd "$work_dir" && go mod download -json "$module@$version" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module modeldeploy.dev/hack/$(basename "$mod")"
+    echo
+    grep -E '^go ' "$upstream"
+    echo
+    echo "require $module $version"
+    echo
+    # single-line directives and parenthesized blocks alike
+    awk '/^(replace|exclude) \($/ {block=1} block || /^(replace|exclude) / {print} /^\)$/ {block=0}' "$upstream"
+  } >"$mod/go.mod"
+}
+
+build_wrapped() {  # name, module, version, ldflags, package...
+  local name=$1 module=$2 version=$3 ldflags=$4; shift 4
+  local out="$cache_root/$name-$version" mod="$work_dir/$name-$version" pkg
+  local missing=false
+  for pkg in "$@"; do [ -x "$out/$(basename "$pkg")" ] || missing=true; done
+  if $missing; then
+    wrapper_module "$mod" "$module" "$version"
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for pkg in "$@"; do printf '\t_ "%s"\n' "$pkg"; done
+      printf ')\n'
+    } >"$mod/tools.go"
+    [ -f "$mod/go.sum" ] || (cd "$mod" && log "resolving $module $version" && go mod tidy -e >&2)
+    mkdir -p "$out"
+    for pkg in "$@"; do
+      [ -x "$out/$(basename "$pkg")" ] && continue
+      log "building $(basename "$pkg") ($module $version)"
+      (cd "$mod" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out/$(basename "$pkg").tmp" "$pkg")
+      mv "$out/$(basename "$pkg").tmp" "$out/$(basename "$pkg")"
+    done
+  fi
+  for pkg in "$@"; do echo "$(basename "$pkg")=$out/$(basename "$pkg")"; done
+}
+
+keda_crds() {  # KEDA's own CRDs, with their schemas, from the release's module zip
+  local out="$cache_root/keda-$KEDA_VERSION/crds.yaml"
+  if [ ! -s "$out" ]; then
+    mkdir -p "$(dirname "$out")"
+    local dir file
+    dir=$(cd "$work_dir" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    : >"$out.tmp"
+    for file in "$dir"/config/crd/bases/*.yaml; do { echo "---"; cat "$file"; } >>"$out.tmp"; done
+    mv "$out.tmp" "$out"
+  fi
+  echo "keda-crds=$out"
+}
+
+components=("$@")
+[ ${#components[@]} -gt 0 ] || components=(keda-crds metrics-server prometheus keda)
+for component in "${components[@]}"; do
+  case "$component" in
+    keda-crds) keda_crds ;;
+    metrics-server)
+      build_wrapped metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
+        "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+        sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    prometheus)
+      build_wrapped prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" \
+        "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+        github.com/prometheus/prometheus/cmd/prometheus ;;
+    keda)
+      build_wrapped keda github.com/kedacore/keda/v2 "$KEDA_VERSION" \
+        "-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
+        github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter ;;
+    *) echo "unknown component $component" >&2; exit 2 ;;
+  esac
+done
