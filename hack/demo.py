@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import localcluster
+import routing_crds
 from localkube import images
 from localkube.node import missing_requirements
 
@@ -100,9 +101,9 @@ class Demo:
         return result.stdout if result.returncode == 0 else ""
 
     def install_crds(self) -> None:
-        say("installing the ModelDeployment CRD (and Istio's routing CRDs, so the canary has weights)")
+        say("installing the ModelDeployment CRD (and Istio's own routing CRDs, so the canary has weights)")
         self.show("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.show("apply", "--server-side", "-f", str(REPO / "hack" / "istio-crds.yaml"))
+        self.show("apply", "--server-side", "-f", str(routing_crds.istio_crds()))
         self.cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
     def start_operator(self) -> None:

@@ -39,7 +39,9 @@ done
 
 step "helm install (CRD, operator, least-privilege RBAC)"
 if ! kubectl get crd virtualservices.networking.istio.io >/dev/null 2>&1; then
-  kubectl apply --server-side -f hack/istio-crds.yaml   # routing objects without Istio itself
+  # Istio's own CRDs (from its pinned Go module): routing objects validated by their real schemas,
+  # without Istio's control plane.
+  kubectl apply --server-side -f "$("$python" hack/routing_crds.py istio)"
 fi
 helm upgrade --install modeldeploy charts/modeldeploy -n modeldeploy-system --create-namespace \
   --set image.repository=modeldeploy-operator --set image.tag=e2e --set image.pullPolicy=Never \

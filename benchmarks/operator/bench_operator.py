@@ -36,12 +36,12 @@ import kubernetes
 from kubernetes import client, watch
 
 import localcluster
+import routing_crds
 from localcluster import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
 CRD = REPO / "crds" / "modeldeployments.yaml"
-ISTIO_CRDS = REPO / "tests" / "integration" / "operator" / "fixtures" / "istio-crds.yaml"
 NAMESPACE = "modeldeploy-bench"
 GROUP, VERSION, PLURAL = "modeldeploy.dev", "v1alpha1", "modeldeployments"
 TINY = {"requests": {"cpu": "10m", "memory": "16Mi"}}
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
 
     with cluster_for(args.kubeconfig) as (cluster, local):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(ISTIO_CRDS))
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
+                        "-f", str(routing_crds.istio_crds()))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                         "crd/modeldeployments.modeldeploy.dev", "crd/virtualservices.networking.istio.io",
                         "crd/destinationrules.networking.istio.io")

@@ -27,6 +27,7 @@ from modeldeploy_operator.names import (
     LABEL_TRACK,
     MANAGED_BY,
     SERVER_APP,
+    Kind,
 )
 
 Track = Literal["stable", "canary"]
@@ -58,14 +59,40 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class IstioApi:
-    """The served version of networking.istio.io, or absent when Istio is not installed."""
+class Routers:
+    """The routing APIs installed in the cluster, each at the version it serves (None: not installed)."""
 
-    version: str = "v1"
+    istio: str | None = None
+    gateway_api: str | None = None
 
-    @property
-    def api_version(self) -> str:
-        return names.VIRTUAL_SERVICE.at_version(self.version).api_version
+    def version_of(self, kind: Kind) -> str | None:
+        """The served version of a routing kind, None when its API is not installed."""
+        return self.istio if kind.group == names.ISTIO_GROUP else self.gateway_api
+
+
+RouterName = Literal["Istio", "GatewayAPI"]
+
+
+@dataclass(frozen=True)
+class Router:
+    """The API chosen to route one ModelDeployment's requests, at the version the cluster serves."""
+
+    name: RouterName
+    version: str
+
+    def api_version(self, kind: Kind) -> str:
+        return kind.at_version(self.version).api_version
+
+
+def choose_router(spec: specs.ModelDeploymentSpec, routers: Routers) -> Router | None:
+    """The spec's backend if installed; Auto prefers Istio (it also routes in-mesh calls to the Service's own
+    name), then the Gateway API. None: the Service alone spreads the requests."""
+    wanted = spec.routing_backend
+    if wanted in {"Auto", "Istio"} and routers.istio is not None:
+        return Router("Istio", routers.istio)
+    if wanted in {"Auto", "GatewayAPI"} and routers.gateway_api is not None:
+        return Router("GatewayAPI", routers.gateway_api)
+    return None
 
 
 def labels(owner: Owner, track: Track | None = None) -> dict[str, str]:
@@ -335,9 +362,10 @@ def horizontal_pod_autoscaler(owner: Owner, spec: specs.ModelDeploymentSpec, tra
     })
 
 
-def service_tracks(spec: specs.ModelDeploymentSpec, istio: IstioApi | None) -> tuple[Track, ...]:
-    """Which tracks the Service sends to: all with Istio (subsets split), else by the requested weight."""
-    if spec.canary is None or istio is not None:
+def service_tracks(spec: specs.ModelDeploymentSpec, router: Router | None) -> tuple[Track, ...]:
+    """Which tracks the main Service sends to: all with Istio (subsets split), else by the requested weight
+    (a Gateway API route splits at the gateway, through the per-track Services)."""
+    if spec.canary is None or (router is not None and router.name == "Istio"):
         return active_tracks(spec)
     if spec.canary_weight == 0:
         return ("stable",)
@@ -346,13 +374,11 @@ def service_tracks(spec: specs.ModelDeploymentSpec, istio: IstioApi | None) -> t
     return TRACKS
 
 
-def service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi | None) -> Manifest:
-    tracks = service_tracks(spec, istio)
-    selector = selector_labels(owner, tracks[0] if len(tracks) == 1 else None)
+def _service(owner: Owner, name: str, selector: dict[str, str], track: Track | None = None) -> Manifest:
     return _finish({
         "apiVersion": names.SERVICE.api_version,
         "kind": names.SERVICE.kind,
-        "metadata": _metadata(owner, owner.name),
+        "metadata": _metadata(owner, name, track),
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
@@ -365,6 +391,16 @@ def service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi | Non
             }],
         },
     })
+
+
+def service(owner: Owner, spec: specs.ModelDeploymentSpec, router: Router | None) -> Manifest:
+    tracks = service_tracks(spec, router)
+    return _service(owner, owner.name, selector_labels(owner, tracks[0] if len(tracks) == 1 else None))
+
+
+def track_service(owner: Owner, track: Track) -> Manifest:
+    """One track's own Service (NAME-stable, NAME-canary): what an HTTPRoute's backendRefs weigh."""
+    return _service(owner, child_name(owner, track), selector_labels(owner, track), track)
 
 
 def pod_disruption_budget(owner: Owner) -> Manifest:
@@ -382,9 +418,9 @@ def pod_disruption_budget(owner: Owner) -> Manifest:
     })
 
 
-def destination_rule(owner: Owner, istio: IstioApi, config: ServingConfig) -> Manifest:
+def destination_rule(owner: Owner, router: Router, config: ServingConfig) -> Manifest:
     return _finish({
-        "apiVersion": istio.api_version,
+        "apiVersion": router.api_version(names.DESTINATION_RULE),
         "kind": names.DESTINATION_RULE.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": {
@@ -399,38 +435,130 @@ def weights(spec: specs.ModelDeploymentSpec) -> dict[str, int]:
     return {"stable": 100 - canary, "canary": canary}
 
 
-def virtual_service(owner: Owner, spec: specs.ModelDeploymentSpec, istio: IstioApi, config: ServingConfig) -> Manifest:
+# Rule names: what `kubectl get -o yaml` shows and what the proxies' stats are keyed by.
+HEADER_RULE = "canary-headers"
+WEIGHT_RULE = "traffic"
+
+
+def virtual_service(owner: Owner, spec: specs.ModelDeploymentSpec, router: Router, config: ServingConfig) -> Manifest:
+    """Header matches first (to the canary whatever the weights), then the weighted split, which mirrors a
+    share of its requests to the canary when shadowing."""
     host = service_host(owner, config)
     split = weights(spec)
-    routes = [{"destination": {"host": host, "subset": track}, "weight": split[track]}
-              for track in active_tracks(spec)]
-    extra_hosts = [h for h in (spec.istio.hosts if spec.istio and spec.istio.hosts else []) if h != host]
-    vs_spec: dict[str, Any] = {"hosts": [host, *extra_hosts], "http": [{"name": "traffic", "route": routes}]}
-    if spec.istio is not None and spec.istio.gateways:
-        vs_spec["gateways"] = [*spec.istio.gateways, "mesh"]
+    http: list[dict[str, Any]] = []
+    if spec.canary_headers:
+        http.append({
+            "name": HEADER_RULE,
+            "match": [{"headers": {h.name: {"exact": h.exact} if h.exact is not None else {"regex": h.regex}}}
+                      for h in spec.canary_headers],
+            "route": [{"destination": {"host": host, "subset": "canary"}}],
+        })
+    weighted: dict[str, Any] = {
+        "name": WEIGHT_RULE,
+        "route": [{"destination": {"host": host, "subset": track}, "weight": split[track]}
+                  for track in active_tracks(spec)],
+    }
+    if spec.mirror_percent:
+        weighted["mirror"] = {"host": host, "subset": "canary"}
+        weighted["mirrorPercentage"] = {"value": float(spec.mirror_percent)}
+    http.append(weighted)
+    vs_spec: dict[str, Any] = {"hosts": [host, *(h for h in spec.hosts if h != host)], "http": http}
+    if spec.gateways:
+        vs_spec["gateways"] = [*spec.gateways, "mesh"]
     return _finish({
-        "apiVersion": istio.api_version,
+        "apiVersion": router.api_version(names.VIRTUAL_SERVICE),
         "kind": names.VIRTUAL_SERVICE.kind,
         "metadata": _metadata(owner, owner.name),
         "spec": vs_spec,
     })
 
 
+def parent_refs(owner: Owner, spec: specs.ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The spec's Gateways; without any, the main Service itself (GAMMA: the mesh routes calls to it)."""
+    refs: list[dict[str, Any]] = []
+    for gateway in spec.gateways:
+        namespace, _, name = gateway.rpartition("/")
+        ref = {"group": names.GATEWAY.group, "kind": names.GATEWAY.kind, "name": name}
+        if namespace:
+            ref["namespace"] = namespace
+        refs.append(ref)
+    return refs or [{"group": "", "kind": names.SERVICE.kind, "name": owner.name, "port": SERVICE_PORT}]
+
+
+def _backend_ref(owner: Owner, track: Track, weight: int | None = None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"group": "", "kind": names.SERVICE.kind, "name": child_name(owner, track),
+                           "port": SERVICE_PORT}
+    if weight is not None:
+        ref["weight"] = weight
+    return ref
+
+
+def http_route(owner: Owner, spec: specs.ModelDeploymentSpec, router: Router) -> Manifest:
+    """The Gateway API's form of the same routing: rules over the per-track Services. A header rule is more
+    specific than the catch-all weighted rule, so the Gateway API's precedence tries it first."""
+    split = weights(spec)
+    rules: list[dict[str, Any]] = []
+    if spec.canary_headers:
+        rules.append({
+            "name": HEADER_RULE,
+            "matches": [{"headers": [{"type": "Exact", "name": h.name, "value": h.exact} if h.exact is not None
+                                     else {"type": "RegularExpression", "name": h.name, "value": h.regex}]}
+                        for h in spec.canary_headers],
+            "backendRefs": [_backend_ref(owner, "canary")],
+        })
+    weighted: dict[str, Any] = {
+        "name": WEIGHT_RULE,
+        "backendRefs": [_backend_ref(owner, track, split[track]) for track in active_tracks(spec)],
+    }
+    if spec.mirror_percent:
+        weighted["filters"] = [{
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": _backend_ref(owner, "canary"), "percent": spec.mirror_percent},
+        }]
+    rules.append(weighted)
+    route_spec: dict[str, Any] = {"parentRefs": parent_refs(owner, spec), "rules": rules}
+    if spec.hosts:
+        route_spec["hostnames"] = spec.hosts
+    return _finish({
+        "apiVersion": router.api_version(names.HTTP_ROUTE),
+        "kind": names.HTTP_ROUTE.kind,
+        "metadata": _metadata(owner, owner.name),
+        "spec": route_spec,
+    })
+
+
+def routing_children(owner: Owner, spec: specs.ModelDeploymentSpec, config: ServingConfig,
+                     router: Router | None) -> list[Manifest]:
+    """The routing objects of the chosen API (none without one)."""
+    if router is None:
+        return []
+    if router.name == "Istio":
+        return [destination_rule(owner, router, config), virtual_service(owner, spec, router, config)]
+    return [*(track_service(owner, track) for track in active_tracks(spec)), http_route(owner, spec, router)]
+
+
+def routing_object_names(owner: Owner, spec: specs.ModelDeploymentSpec, router: Router) -> list[str]:
+    """Kind/name of what `routing_children` writes, for the status (without building the manifests)."""
+    if router.name == "Istio":
+        return [f"{names.VIRTUAL_SERVICE.kind}/{owner.name}", f"{names.DESTINATION_RULE.kind}/{owner.name}"]
+    return [f"{names.HTTP_ROUTE.kind}/{owner.name}",
+            *(f"{names.SERVICE.kind}/{child_name(owner, track)}" for track in active_tracks(spec))]
+
+
 def desired_children(
-    owner: Owner, spec: specs.ModelDeploymentSpec, config: ServingConfig, istio: IstioApi | None
+    owner: Owner, spec: specs.ModelDeploymentSpec, config: ServingConfig, routers: Routers
 ) -> list[Manifest]:
     """Everything that should exist for this resource, in apply order (workloads before routing)."""
+    router = choose_router(spec, routers)
     children: list[Manifest] = []
     for track in active_tracks(spec):
         children.append(deployment(owner, spec, track, config))
         hpa = horizontal_pod_autoscaler(owner, spec, track)
         if hpa is not None:
             children.append(hpa)
-    children.append(service(owner, spec, istio))
+    children.append(service(owner, spec, router))
     children.append(pod_disruption_budget(owner))
-    if istio is not None:
-        children.append(destination_rule(owner, istio, config))
-        children.append(virtual_service(owner, spec, istio, config))
+    children.extend(routing_children(owner, spec, config, router))
     return children
 
 

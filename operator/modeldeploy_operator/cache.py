@@ -21,7 +21,7 @@ from typing import Any
 from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
-from modeldeploy_operator.builders import IstioApi
+from modeldeploy_operator.builders import Routers
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 ChildId = tuple[str, str]  # (kind, name)
@@ -75,7 +75,7 @@ class Snapshot:
     deployments: Mapping[str, statuses.DeploymentView]  # track -> view
     pods: tuple[statuses.PodView, ...]
     claims: Mapping[str, str | None]  # claim -> phase, None when missing
-    istio: IstioApi | None
+    routers: Routers
     vanished: int = 0  # children deleted since the resource was last confirmed to exist
 
     @property
@@ -114,8 +114,8 @@ class WatchCache:
         self._resources: dict[Key, ResourceEntry] = {}
         self._owners: dict[Key, OwnerChildren] = {}
         self._claims: dict[tuple[str, str], str] = {}
-        self._istio_crds: dict[str, str] = {}  # CRD kind -> preferred served version
-        self._istio_known = False
+        self._routing_crds: dict[str, str] = {}  # routing CRD kind -> preferred served version
+        self._routing_reported: set[str] = set()  # kinds the CRD watch has spoken about
         self._seen: set[str] | None = set()  # uids delivered by the watches, until the initial sync is done
         self._terminating: dict[str, float] = {}  # namespace -> when the API server said it is being deleted
         self._sequence = 0  # counts observations: what was seen after a mark is never dropped by its audit
@@ -259,7 +259,7 @@ class WatchCache:
                 deployments=dict(owner.deployments),
                 pods=tuple(owner.pods.values()),
                 claims={claim: self._claims.get((key[0], claim)) for claim in entry.claims},
-                istio=self._istio_locked(),
+                routers=self._routers_locked(),
                 vanished=owner.vanished,
             )
 
@@ -362,7 +362,7 @@ class WatchCache:
         if not owner.children and not owner.pods:
             self._owners.pop(key, None)
 
-    # Claims and Istio ------------------------------------------------------------------------------------
+    # Claims and routing APIs -----------------------------------------------------------------------------
 
     def observe_claim(self, body: Mapping[str, Any]) -> tuple[str, str]:
         meta = body["metadata"]
@@ -378,37 +378,46 @@ class WatchCache:
             self._claims_seen.pop((meta["namespace"], meta["name"]), None)
         return meta["namespace"], meta["name"]
 
-    def set_istio_crd(self, kind: str, version: str | None) -> bool:
-        """Record one Istio CRD's presence; True when routing availability changed."""
+    def set_routing_crd(self, kind: str, version: str | None) -> bool:
+        """Record one routing CRD's presence (from the CRD watch); True when the installed routers changed."""
         with self._lock:
-            before = self._istio_locked()
+            before = self._routers_locked()
             if version is None:
-                self._istio_crds.pop(kind, None)
+                self._routing_crds.pop(kind, None)
             else:
-                self._istio_crds[kind] = version
-            self._istio_known = True
-            return before != self._istio_locked()
+                self._routing_crds[kind] = version
+            self._routing_reported.add(kind)
+            return before != self._routers_locked()
 
-    def reset_istio(self, version: str | None) -> bool:
-        """What discovery says now (Istio's CRDs may have changed while a watch was away); True when
-        routing availability changed."""
+    def reset_routers(self, routers: Routers) -> bool:
+        """What discovery says now (routing CRDs may have come or gone while a watch was away); True when
+        the installed routers changed."""
         with self._lock:
-            before = self._istio_locked()
-            self._istio_crds = {} if version is None else {kind.kind: version for kind in names.ISTIO_KINDS}
-            self._istio_known = True
-            return before != self._istio_locked()
+            before = self._routers_locked()
+            self._routing_crds = {kind.kind: version for kind in names.ROUTING_KINDS
+                                  if (version := routers.version_of(kind)) is not None}
+            self._routing_reported = {kind.kind for kind in names.ROUTING_KINDS}
+            return before != self._routers_locked()
 
-    def set_istio_version(self, version: str | None) -> None:
-        """The start-up discovery answer, used until the CRD watch has spoken."""
+    def set_discovered(self, routers: Routers) -> None:
+        """The start-up discovery answer, used for each kind until the CRD watch has spoken about it."""
         with self._lock:
-            if not self._istio_known:
-                self._istio_crds = {} if version is None else {kind.kind: version for kind in names.ISTIO_KINDS}
+            for kind in names.ROUTING_KINDS:
+                if kind.kind in self._routing_reported:
+                    continue
+                version = routers.version_of(kind)
+                if version is None:
+                    self._routing_crds.pop(kind.kind, None)
+                else:
+                    self._routing_crds[kind.kind] = version
 
-    def _istio_locked(self) -> IstioApi | None:
-        if all(kind.kind in self._istio_crds for kind in names.ISTIO_KINDS):
-            return IstioApi(self._istio_crds[names.VIRTUAL_SERVICE.kind])
-        return None
+    def _routers_locked(self) -> Routers:
+        def served(kinds: tuple[names.Kind, ...]) -> str | None:
+            versions = [self._routing_crds.get(kind.kind) for kind in kinds]
+            return versions[-1] if all(versions) else None
 
-    def istio(self) -> IstioApi | None:
+        return Routers(istio=served(names.ISTIO_KINDS), gateway_api=served(names.GATEWAY_API_KINDS))
+
+    def routers(self) -> Routers:
         with self._lock:
-            return self._istio_locked()
+            return self._routers_locked()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from modeldeploy_operator import names
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
-from modeldeploy_operator.builders import IstioApi
+from modeldeploy_operator.builders import Routers
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
 from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children
@@ -64,34 +64,35 @@ class Controller:
 
     # Threads ---------------------------------------------------------------------------------------------
 
-    def start(self, istio: bool) -> None:
+    def start(self, routers: Routers) -> None:
         for index in range(self.config.workers):
             self._spawn(f"reconcile-{index}", self._work)
         self._spawn("resync", self._resync)
         self._spawn("audit", self._auditor)
-        self._spawn("initial-sync", lambda: self._initial_sync(istio))
+        self._spawn("initial-sync", lambda: self._initial_sync(routers))
 
-    def _initial_sync(self, istio: bool) -> None:
+    def _initial_sync(self, routers: Routers) -> None:
         try:
-            self.wait_for_sync(istio)
+            self.wait_for_sync(routers)
         except Exception:
             log.exception("initial sync failed; starting with what the watches delivered so far")
         finally:
             self.cache.stop_tracking()
             self.synced.set()
 
-    def _inventory_targets(self, istio: bool) -> list[tuple[names.Kind, str | None]]:
+    def _inventory_targets(self, routers: Routers) -> list[tuple[names.Kind, str | None]]:
         managed = names.MANAGED_SELECTOR
         targets: list[tuple[names.Kind, str | None]] = [
             (names.MODEL_DEPLOYMENT, None), (names.CLAIM, None), (names.POD, managed),
             *((kind, managed) for kind in names.CORE_CHILD_KINDS),
         ]
-        if istio:
-            version = (self.cache.istio() or IstioApi()).version
-            targets += [(kind.at_version(version), managed) for kind in names.ISTIO_KINDS]
+        for kind in names.ROUTING_KINDS:
+            version = routers.version_of(kind)
+            if version is not None:
+                targets.append((kind.at_version(version), managed))
         return targets
 
-    def wait_for_sync(self, istio: bool, timeout: float = 180.0) -> None:
+    def wait_for_sync(self, routers: Routers, timeout: float = 180.0) -> None:
         """Hold the workers until the cache has seen every object that existed at start-up.
 
         The uids come from metadata-only lists; each one is either delivered by kopf's watches or was
@@ -99,7 +100,7 @@ class Controller:
         """
         expected: dict[str, tuple[str, str, str]] = {}
         namespaces: list[str | None] = list(self.config.namespaces) or [None]
-        for kind, selector in self._inventory_targets(istio):
+        for kind, selector in self._inventory_targets(routers):
             for namespace in namespaces:
                 while not self._stopping.is_set():
                     try:
@@ -183,6 +184,11 @@ class Controller:
 
     # Keeping the cache true to the API server ---------------------------------------------------------------
 
+    def discover_routers(self) -> Routers:
+        """Which routing APIs the API server serves now, and at which version."""
+        return Routers(istio=self.api.served_version(names.ISTIO_GROUP),
+                       gateway_api=self.api.served_version(names.GATEWAY_API_GROUP))
+
     def relisted(self) -> None:
         """A watch delivered a listing after start-up (kopf re-lists when a watch resumes too late, e.g.
         after an API server restart): what vanished meanwhile is never reported, so check the cache."""
@@ -199,17 +205,17 @@ class Controller:
 
     def audit(self, rediscover: bool = False) -> None:
         """Drop from the cache what the API server no longer holds; requeue the resources it concerns.
-        After a re-list, also ask again whether Istio is installed: its CRDs may have come or gone while the
-        CRD watch was away (the CRD watch keeps that current otherwise)."""
+        After a re-list, also ask again whether Istio and the Gateway API are installed: their CRDs may have
+        come or gone while the CRD watch was away (the CRD watch keeps that current otherwise)."""
         if rediscover:
             try:
-                if self.cache.reset_istio(self.api.istio_version()):
-                    log.info("Istio routing is %s", "available" if self.cache.istio() else "gone")
+                if self.cache.reset_routers(self.discover_routers()):
+                    log.info("routing APIs installed now: %s", self.cache.routers())
                     self.enqueue_all()
             except KubeError as error:
-                log.warning("could not check whether Istio is installed: %s", error)
+                log.warning("could not check which routing APIs are installed: %s", error)
         namespaces: list[str | None] = list(self.config.namespaces) or [None]
-        for kind, selector in self._inventory_targets(self.cache.istio() is not None):
+        for kind, selector in self._inventory_targets(self.cache.routers()):
             before = self.cache.mark()
             try:
                 present = {(namespace, name) for scope in namespaces

@@ -109,6 +109,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Replicas", "type": "string", "jsonPath": ".status.replicaSummary",
      "description": "Ready/desired serving pods."},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "description": "In-cluster address."},
+    {"name": "Routing", "type": "string", "jsonPath": ".status.routing.backend", "priority": 1,
+     "description": "Istio, GatewayAPI or None: which API splits the requests (kubectl get -o wide)."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -27,11 +27,11 @@ from modeldeploy_operator import kube, names
 from modeldeploy_operator.controller import Controller, Runtime
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-ISTIO_CRDS = {names.istio_crd_name(kind): kind.kind for kind in names.ISTIO_KINDS}
+ROUTING_CRDS = {names.crd_name(kind): kind.kind for kind in names.ROUTING_KINDS}
 
 
 def _selector(kind: names.Kind) -> tuple[str, str] | tuple[str, str, str]:
-    """Arguments for kopf's resource selectors (core group as 'v1'; Istio at any served version)."""
+    """Arguments for kopf's resource selectors (core group as 'v1'; routing kinds at any served version)."""
     if not kind.group:
         return (kind.version, kind.plural)
     return (kind.group, kind.version, kind.plural) if kind.version else (kind.group, kind.plural)
@@ -99,17 +99,17 @@ async def claim_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_:
         controller.enqueue_claim_users(*controller.cache.observe_claim(body))
 
 
-# Istio's CRDs appearing or going away switch routing on or off, without a restart ----------------------------
+# Routing CRDs (Istio's, the Gateway API's) appearing or going away switch routing, without a restart ---------
 
-def _is_istio_crd(name: str | None, **_: Any) -> bool:
-    return name in ISTIO_CRDS
+def _is_routing_crd(name: str | None, **_: Any) -> bool:
+    return name in ROUTING_CRDS
 
 
-@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_istio_crd)
-async def istio_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo: Runtime, **_: Any) -> None:
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_routing_crd)
+async def routing_crd_event(event: kopf.RawEvent, body: kopf.Body, name: str, memo: Runtime, **_: Any) -> None:
     controller = memo.controller
-    version = None if event["type"] == "DELETED" else kube.istio_version_of_crd(body)
-    if controller.cache.set_istio_crd(ISTIO_CRDS[name], version):
+    version = None if event["type"] == "DELETED" else kube.routing_version_of_crd(body)
+    if controller.cache.set_routing_crd(ROUTING_CRDS[name], version):
         controller.enqueue_all()
 
 
@@ -143,8 +143,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Runtime, **_: Any) ->
         settings.watching.initial_streaming = await asyncio.to_thread(controller.api.server_version) >= (1, 34)
     else:
         settings.watching.initial_streaming = config.watch_streaming == "on"
-    controller.cache.set_istio_version(await asyncio.to_thread(controller.api.istio_version))
-    controller.start(istio=controller.cache.istio() is not None)
+    controller.cache.set_discovered(await asyncio.to_thread(controller.discover_routers))
+    controller.start(controller.cache.routers())
     memo.elector.start()
 
 

@@ -28,7 +28,7 @@ METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    """The REST coordinates of a child manifest (Istio's at the version the manifest names)."""
+    """The REST coordinates of a child manifest (routing kinds at the version the manifest names)."""
     kind = names.CHILD_KIND_BY_NAME.get(str(manifest["kind"]))
     if kind is None:
         raise ValueError(f"the operator does not manage {manifest['kind']}")
@@ -205,15 +205,15 @@ class Kube:
 
     # Discovery, once at start-up (the CRD watch keeps it current afterwards) -----------------------------
 
-    def istio_version(self) -> str | None:
-        """The preferred served version of networking.istio.io, or None when Istio is not installed."""
+    def served_version(self, group: str) -> str | None:
+        """The preferred served version of a routing API group, or None when it is not installed."""
         try:
-            group = self.request("GET", f"/apis/{names.ISTIO_GROUP}")
+            found = self.request("GET", f"/apis/{group}")
         except KubeError as error:
             if error.status == 404:
                 return None
             raise
-        return names.preferred_istio_version(v.get("version") for v in group.get("versions", []))
+        return names.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
 
     def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 35)."""
@@ -242,7 +242,11 @@ class Kube:
         return self.request("PUT", names.LEASE.path(meta["namespace"], meta["name"]), dict(lease))
 
 
-def istio_version_of_crd(body: Mapping[str, Any]) -> str | None:
-    """The preferred served version of an Istio CRD body (from the CRD watch)."""
-    versions = (body.get("spec") or {}).get("versions", [])
-    return names.preferred_istio_version(v.get("name") for v in versions if v.get("served"))
+def routing_version_of_crd(body: Mapping[str, Any]) -> str | None:
+    """The preferred served version of a routing CRD body (from the CRD watch); None once it is being
+    deleted, as the API server then refuses new objects of its kind."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    spec = body.get("spec") or {}
+    return names.preferred_version(str(spec.get("group")), (v.get("name") for v in spec.get("versions", [])
+                                                              if v.get("served")))

@@ -46,8 +46,8 @@ CONDITION_ORDER = (READY, MODEL_SOURCE_READY, STABLE_READY, CANARY_READY, ROUTIN
 
 @dataclass(frozen=True)
 class Kind:
-    """Where a kind lives in the REST API. Istio's kinds are declared without a version: the served one
-    is found at run time (`at_version`)."""
+    """Where a kind lives in the REST API. The routing kinds are declared without a version: the served
+    one is found at run time (`at_version`)."""
 
     group: str  # "" for the core group
     version: str
@@ -81,13 +81,20 @@ SERVICE = Kind("", "v1", "Service", "services")
 PDB = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
 CORE_CHILD_KINDS = (DEPLOYMENT, HPA, SERVICE, PDB)
 
-# Istio routing children: applied only while Istio's CRDs are installed, at the version they serve.
+# Routing children: applied only while their API's CRDs are installed, at the version they serve.
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # preference order when several are served
 DESTINATION_RULE = Kind(ISTIO_GROUP, "", "DestinationRule", "destinationrules")
 VIRTUAL_SERVICE = Kind(ISTIO_GROUP, "", "VirtualService", "virtualservices")
 ISTIO_KINDS = (DESTINATION_RULE, VIRTUAL_SERVICE)
-CHILD_KINDS = (*CORE_CHILD_KINDS, *ISTIO_KINDS)
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_API_VERSIONS = ("v1",)  # weights, header matches and mirroring are all GA in v1
+HTTP_ROUTE = Kind(GATEWAY_API_GROUP, "", "HTTPRoute", "httproutes")
+GATEWAY_API_KINDS = (HTTP_ROUTE,)
+GATEWAY = Kind(GATEWAY_API_GROUP, "v1", "Gateway", "gateways")  # only named in parentRefs, never written
+ROUTING_KINDS = (*ISTIO_KINDS, *GATEWAY_API_KINDS)
+VERSIONS_BY_GROUP = {ISTIO_GROUP: ISTIO_VERSIONS, GATEWAY_API_GROUP: GATEWAY_API_VERSIONS}
+CHILD_KINDS = (*CORE_CHILD_KINDS, *ROUTING_KINDS)
 CHILD_KIND_BY_NAME = {kind.kind: kind for kind in CHILD_KINDS}
 
 # What else the operator reads or writes.
@@ -97,13 +104,13 @@ LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 EVENT = Kind("", "v1", "Event", "events")
 
 
-def istio_crd_name(kind: Kind) -> str:
+def crd_name(kind: Kind) -> str:
     """The CustomResourceDefinition's name, e.g. virtualservices.networking.istio.io."""
     return f"{kind.plural}.{kind.group}"
 
 
-def preferred_istio_version(served: Iterable[str | None]) -> str | None:
-    """The version of networking.istio.io to use among those served, or None when none is known."""
+def preferred_version(group: str, served: Iterable[str | None]) -> str | None:
+    """The version of a routing API group to use among those served, or None when none is usable."""
     offered = set(served)
-    return next((version for version in ISTIO_VERSIONS if version in offered), None)
+    return next((version for version in VERSIONS_BY_GROUP[group] if version in offered), None)
 

@@ -67,7 +67,7 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
     if snapshot.deleting or not isinstance(spec, specs.ModelDeploymentSpec):
         return Plan()  # going away (garbage collection removes the children), or nothing usable to act on
     owner = builders.Owner.from_body(snapshot.body)
-    desired = builders.desired_children(owner, spec, config, snapshot.istio)
+    desired = builders.desired_children(owner, spec, config, snapshot.routers)
     apply = tuple(m for m in desired if needs_apply(m, snapshot.children.get((m["kind"], m["metadata"]["name"]))))
     wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
     delete = []
@@ -75,10 +75,11 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
         kind = names.CHILD_KIND_BY_NAME.get(child.kind)
         if child_id in wanted or kind is None:
             continue
-        if not kind.version:  # an Istio kind: addressable only at a version Istio serves
-            if snapshot.istio is None:
+        if not kind.version:  # a routing kind: addressable only at a version its API serves
+            version = snapshot.routers.version_of(kind)
+            if version is None:
                 continue
-            kind = kind.at_version(snapshot.istio.version)
+            kind = kind.at_version(version)
         delete.append(ChildRef(kind, owner.namespace, child.name, child.uid))
     return Plan(apply, tuple(delete))
 
@@ -98,7 +99,7 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
             claims=snapshot.claims,
             deployments={**snapshot.deployments, **outcome.applied},
             pods=snapshot.pods,
-            istio=snapshot.istio,
+            routers=snapshot.routers,
             apply_errors=outcome.errors,
         )
         status = statuses.compute_status(observation, snapshot.status, now, config)

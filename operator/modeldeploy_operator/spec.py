@@ -40,6 +40,12 @@ QUANTITY_PATTERN = (
     r"|(\.[0-9]+))))?$"
 )
 GPU_RESOURCE = "nvidia.com/gpu"
+# Lowercase, as Istio requires (HTTP/2 sends header names in lowercase; Envoy compares them so).
+HEADER_NAME_PATTERN = r"^[a-z0-9][-a-z0-9_.]*$"
+# A DNS name, optionally with a leading wildcard label: what both a VirtualService and an HTTPRoute take.
+HOSTNAME_PATTERN = r"^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Gateway in the resource's namespace ("name") or another one ("namespace/name").
+GATEWAY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
@@ -136,6 +142,9 @@ CLAIM_NAME = Matches(CLAIM_PATTERN, "must be a PersistentVolumeClaim name: lower
 RELATIVE = Matches("^/", "must be relative to the claim's root (no leading '/')", forbidden=True)
 NO_DOTDOT = Matches(DOTDOT_PATTERN, "must not contain '..' segments", forbidden=True)
 SHA256 = Matches(SHA256_PATTERN, "must be a SHA-256 digest: 64 hexadecimal characters")
+HEADER_NAME = Matches(HEADER_NAME_PATTERN, "must be a lowercase HTTP header name: letters, digits, '-', '_' and '.'")
+HOSTNAME = Matches(HOSTNAME_PATTERN, "must be a DNS name, optionally starting with '*.'")
+GATEWAY_NAME = Matches(GATEWAY_PATTERN, "must name a Gateway as 'name' or 'namespace/name'")
 
 
 class _Model(BaseModel):
@@ -204,6 +213,40 @@ class Replicas(_Model):
         return self.effective_max > self.effective_min
 
 
+class HeaderMatch(_Model):
+    """One request header that sends a request to the canary (A/B testing): an exact value or a regex."""
+
+    name: Annotated[str, HEADER_NAME] = Field(
+        min_length=1, max_length=256, description="Header name, lowercase (e.g. x-model-variant)."
+    )
+    exact: str | None = Field(default=None, max_length=4096, description="The value must equal this.")
+    regex: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The value must match this RE2 regular expression (the whole value, as Envoy matches it).",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.exact) != has(self.regex)", "set exactly one of exact and regex", reason="FieldValueInvalid")
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> HeaderMatch:
+        if (self.exact is None) == (self.regex is None):
+            raise ValueError("set exactly one of exact and regex")
+        return self
+
+    def describe(self) -> str:
+        """`name: value` for an exact match, `name ~ regex` for a regex: how status and Events show it."""
+        return f"{self.name}: {self.exact}" if self.exact is not None else f"{self.name} ~ {self.regex}"
+
+
+MIRROR_NEEDS_NO_TRAFFIC = ("mirrorPercent needs trafficPercent 0: a shadow canary serves no live requests "
+                           "(set mirrorPercent to 0 when moving traffic to the canary)")
+
+
 class Canary(_Model):
     """A second model served next to the stable one and given a share of the requests."""
 
@@ -216,11 +259,26 @@ class Canary(_Model):
     replicas: Replicas | None = Field(
         default=None, description="Replica bounds for the canary track (default: spec.replicas)."
     )
+    headers: list[HeaderMatch] | None = Field(
+        default=None,
+        description="A/B testing: requests carrying any of these headers go to the canary whatever "
+        "trafficPercent says, so a user or cohort always gets the same model. Needs Istio or Gateway API routing.",
+        json_schema_extra={"maxItems": 8},
+    )
+    mirror_percent: Annotated[int | None, Between(0, 100)] = Field(
+        default=None,
+        description="Shadow traffic: percent (0-100) of the stable model's requests also copied to the canary. "
+        "Callers only ever get the stable model's answer; the canary's is dropped, and its metrics (labelled "
+        "track=canary) show how it fared. A mirrored request runs twice: mind side effects and cost. Needs "
+        "trafficPercent 0 and Istio or Gateway API routing.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel("has(self.model)", "a canary needs a model: set spec.canary.model", ".model",
-                "FieldValueRequired")
+                "FieldValueRequired"),
+            cel("!has(self.mirrorPercent) || self.mirrorPercent == 0 || !has(self.trafficPercent) "
+                "|| self.trafficPercent == 0", MIRROR_NEEDS_NO_TRAFFIC, ".mirrorPercent"),
         )
     )
 
@@ -228,11 +286,21 @@ class Canary(_Model):
     def _has_model(self) -> Canary:
         if self.model is None:
             raise ValueError("a canary needs a model: set spec.canary.model")
+        if self.mirror and self.weight:
+            raise ValueError(MIRROR_NEEDS_NO_TRAFFIC)
         return self
 
     @property
     def weight(self) -> int:
         return self.traffic_percent or 0
+
+    @property
+    def mirror(self) -> int:
+        return self.mirror_percent or 0
+
+    @property
+    def header_matches(self) -> list[HeaderMatch]:
+        return list(self.headers or [])
 
     @property
     def source(self) -> ModelSource:
@@ -324,19 +392,31 @@ class Batching(_Model):
     )
 
 
-class Istio(_Model):
-    """Routing through Istio, used when its CRDs are installed in the cluster."""
+RoutingBackend = Literal["Auto", "Istio", "GatewayAPI", "None"]
 
-    hosts: list[str] | None = Field(
+
+class Routing(_Model):
+    """Which API splits the requests between the tracks, and where outside traffic comes in."""
+
+    backend: RoutingBackend | None = Field(
         default=None,
-        description="Extra hosts for the VirtualService (e.g. an ingress name); the Service's own "
-        "cluster-local name is always included.",
-        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+        description="Auto (the default): Istio (VirtualService + DestinationRule) when its CRDs are installed, "
+        "else the Gateway API (HTTPRoute) when its CRDs are installed, else the Service alone. Istio or "
+        "GatewayAPI: that one only (nothing is written until its CRDs are installed). None: no routing "
+        "objects, the Service alone. Installing or removing the CRDs is picked up without a restart.",
     )
-    gateways: list[str] | None = Field(
+    hosts: list[Annotated[str, HOSTNAME, Field(max_length=253)]] | None = Field(
         default=None,
-        description="Gateways (namespace/name) the VirtualService binds to; the mesh is always included.",
-        json_schema_extra={"maxItems": 16, "items": {"type": "string", "maxLength": 253}},
+        description="Host names clients use through a gateway (VirtualService hosts, HTTPRoute hostnames). "
+        "The VirtualService always adds the Service's cluster-local name.",
+        json_schema_extra={"maxItems": 16},
+    )
+    gateways: list[Annotated[str, GATEWAY_NAME, Field(max_length=253)]] | None = Field(
+        default=None,
+        description="Gateways the route attaches to, as name or namespace/name: Istio Gateways for the "
+        "VirtualService (the mesh is always included), Gateway API Gateways for the HTTPRoute's parentRefs "
+        "(none: the HTTPRoute attaches to the Service itself, for a mesh that implements GAMMA).",
+        json_schema_extra={"maxItems": 16},
     )
 
 
@@ -367,7 +447,7 @@ class ModelDeploymentSpec(_Model):
         default=None, description="A Pod affinity stanza, passed through unchanged."
     )
     batching: Batching | None = Field(default=None, description="Dynamic batching in the server.")
-    istio: Istio | None = Field(default=None, description="Istio routing options.")
+    routing: Routing | None = Field(default=None, description="Request routing between the tracks.")
 
     # Effective values: the defaults applied in code, never stored in the object.
     @property
@@ -387,6 +467,26 @@ class ModelDeploymentSpec(_Model):
     @property
     def canary_weight(self) -> int:
         return self.canary.weight if self.canary is not None else 0
+
+    @property
+    def routing_backend(self) -> RoutingBackend:
+        return (self.routing.backend if self.routing else None) or "Auto"
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.routing.hosts or []) if self.routing else []
+
+    @property
+    def gateways(self) -> list[str]:
+        return list(self.routing.gateways or []) if self.routing else []
+
+    @property
+    def canary_headers(self) -> list[HeaderMatch]:
+        return self.canary.header_matches if self.canary is not None else []
+
+    @property
+    def mirror_percent(self) -> int:
+        return self.canary.mirror if self.canary is not None else 0
 
     @property
     def effective_resources(self) -> Resources:
@@ -422,6 +522,21 @@ class Traffic(_Model):
     canary: int = Field(description="Percent of requests served by the canary model.")
 
 
+class RoutingStatus(_Model):
+    """Which API routes the requests and what it was told (the weights are in status.traffic)."""
+
+    backend: str = Field(description="Istio, GatewayAPI, or None when the Service alone spreads requests.")
+    resources: list[str] | None = Field(
+        default=None, description="The routing objects written, e.g. HTTPRoute/sentiment.",
+        json_schema_extra={"maxItems": 8},
+    )
+    canary_headers: list[str] | None = Field(
+        default=None, description="Header matches sent to the canary (name: value, or name ~ regex).",
+        json_schema_extra={"maxItems": 8},
+    )
+    mirror_percent: int | None = Field(default=None, description="Percent of stable's requests copied to the canary.")
+
+
 class ModelDeploymentStatus(_Model):
     """What the operator observed; written only through the status subresource."""
 
@@ -432,6 +547,7 @@ class ModelDeploymentStatus(_Model):
         json_schema_extra={"maxItems": 16, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     traffic: Traffic | None = Field(default=None, description="The request split in effect.")
+    routing: RoutingStatus | None = Field(default=None, description="Who routes the requests, and how.")
     url: str | None = Field(default=None, description="Where clients in the cluster reach the model.")
     ready_replicas: int | None = Field(default=None, description="Ready serving pods over both tracks.")
     desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy_operator import builders
+from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
-from modeldeploy_operator.builders import IstioApi, Owner, Track
+from modeldeploy_operator.builders import Owner, Router, Routers, Track
 from modeldeploy_operator.config import ServingConfig
 from modeldeploy_operator.names import (
     CANARY_READY,
@@ -73,7 +73,7 @@ class Observation:
     claims: Mapping[str, str | None]  # claim name -> phase, None when the claim does not exist
     deployments: Mapping[str, DeploymentView]  # track -> view
     pods: Sequence[PodView] = ()
-    istio: IstioApi | None = None
+    routers: Routers = field(default_factory=Routers)
     apply_errors: Mapping[str, str] = field(default_factory=dict)  # child "Kind/name" -> error
 
 
@@ -195,8 +195,8 @@ def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
 
 
 def traffic(obs: Observation, ready: Mapping[str, int]) -> dict[str, int]:
-    """The split in effect: Istio's weights, or without Istio what the Service's pod mix gives."""
-    if obs.istio is not None:
+    """The split in effect: the router's weights, or without one what the Service's pod mix gives."""
+    if builders.choose_router(obs.spec, obs.routers) is not None:
         return builders.weights(obs.spec)
     tracks = builders.service_tracks(obs.spec, None)
     if len(tracks) == 1:
@@ -208,22 +208,75 @@ def traffic(obs: Observation, ready: Mapping[str, int]) -> dict[str, int]:
     return {"stable": 100 - canary, "canary": canary}
 
 
-def _routing(obs: Observation, split: Mapping[str, int]) -> _Cond:
-    routing_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()
-                      if child.split("/")[0] in {"VirtualService", "DestinationRule", "Service"}]
-    if routing_errors:
-        return _Cond(ROUTING_READY, "False", "ApplyFailed", "; ".join(routing_errors))
-    if obs.istio is None:
-        message = "Istio (networking.istio.io) is not installed: requests are routed by the Service alone"
-        if obs.spec.canary is not None:
-            requested = obs.spec.canary_weight
-            message += (f"; the canary gets {split['canary']}% of the ready pods' share instead of the "
-                        f"requested {requested}% (install Istio for exact weights)")
-        return _Cond(ROUTING_READY, "False", "IstioNotInstalled", message)
-    message = f"VirtualService {obs.owner.name} routes {split['stable']}% to stable"
+ROUTING_KINDS = {"Service", *(kind.kind for kind in names.ROUTING_KINDS)}
+ROUTER_APIS = {"Istio": "Istio (networking.istio.io)", "GatewayAPI": "the Gateway API (gateway.networking.k8s.io)"}
+
+
+def _told(obs: Observation, router: Router, split: Mapping[str, int]) -> str:
+    """What the routing objects say, in one sentence."""
+    if router.name == "Istio":
+        where = f"VirtualService {obs.owner.name}"
+        if obs.spec.gateways:
+            where += f" (gateways {', '.join(obs.spec.gateways)} and the mesh)"
+    else:
+        parents = ", ".join(obs.spec.gateways) or f"Service {obs.owner.name}, for the mesh"
+        where = f"HTTPRoute {obs.owner.name} (parents: {parents})"
+    message = f"{where} routes {split['stable']}% to stable"
     if obs.spec.canary is not None:
         message += f" and {split['canary']}% to canary"
-    return _Cond(ROUTING_READY, "True", "WeightsApplied", message)
+    if obs.spec.canary_headers:
+        message += "; requests with " + " or ".join(h.describe() for h in obs.spec.canary_headers) + " go to canary"
+    if obs.spec.mirror_percent:
+        message += f"; {obs.spec.mirror_percent}% of stable's requests are mirrored to canary (answers dropped)"
+    return message
+
+
+def _service_only(obs: Observation, split: Mapping[str, int]) -> _Cond:
+    """No router: say why, what the Service does instead, and what cannot be honoured."""
+    wanted = obs.spec.routing_backend
+    if wanted == "None":
+        reason, message = "ServiceOnly", "spec.routing.backend is None: requests are routed by the Service alone"
+    elif wanted == "Auto":
+        reason = "NoRouterInstalled"
+        message = ("neither Istio (networking.istio.io) nor the Gateway API (gateway.networking.k8s.io/v1 "
+                   "HTTPRoute) is installed: requests are routed by the Service alone")
+    else:
+        reason = "RouterNotInstalled"
+        message = (f"spec.routing.backend is {wanted} but {ROUTER_APIS[wanted]} is not installed: nothing is "
+                   "written until its CRDs are; meanwhile requests are routed by the Service alone")
+    if obs.spec.canary is not None and 0 < obs.spec.canary_weight < 100:
+        message += (f"; the canary gets {split['canary']}% of the ready pods' share instead of the requested "
+                    f"{obs.spec.canary_weight}% (Istio or the Gateway API give exact weights)")
+    unmet = [what for what, wanted_it in (("header matches", obs.spec.canary_headers),
+                                          ("mirroring", obs.spec.mirror_percent)) if wanted_it]
+    if unmet:
+        message += f"; {' and '.join(unmet)} need Istio or the Gateway API and are not applied"
+    healthy = wanted == "None" and not unmet
+    return _Cond(ROUTING_READY, "True" if healthy else "False", reason, message)
+
+
+def _routing(obs: Observation, split: Mapping[str, int]) -> _Cond:
+    routing_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()
+                      if child.split("/")[0] in ROUTING_KINDS]
+    if routing_errors:
+        return _Cond(ROUTING_READY, "False", "ApplyFailed", "; ".join(routing_errors))
+    router = builders.choose_router(obs.spec, obs.routers)
+    if router is None:
+        return _service_only(obs, split)
+    return _Cond(ROUTING_READY, "True", "WeightsApplied", _told(obs, router, split))
+
+
+def routing_status(obs: Observation) -> dict[str, Any]:
+    """status.routing: the backend and its objects, the header matches and the mirrored share."""
+    router = builders.choose_router(obs.spec, obs.routers)
+    result: dict[str, Any] = {"backend": router.name if router else "None"}
+    if router is not None:
+        result["resources"] = builders.routing_object_names(obs.owner, obs.spec, router)
+    if router is not None and obs.spec.canary_headers:
+        result["canaryHeaders"] = [h.describe() for h in obs.spec.canary_headers]
+    if router is not None and obs.spec.mirror_percent:
+        result["mirrorPercent"] = obs.spec.mirror_percent
+    return result
 
 
 def _overall(parts: list[_Cond], obs: Observation, summary: str) -> _Cond:
@@ -287,6 +340,7 @@ def compute_status(
         "observedGeneration": obs.generation,
         "conditions": conditions,
         "traffic": split,
+        "routing": routing_status(obs),
         "url": builders.url(obs.owner, config),
         "readyReplicas": ready_total,
         "desiredReplicas": desired_total,

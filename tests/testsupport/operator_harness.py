@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import yaml
 
 import localcluster
+import routing_crds
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "integration" / "operator" / "fixtures"
 CRD = REPO / "crds" / "modeldeployments.yaml"
-ISTIO_CRDS = FIXTURES / "istio-crds.yaml"
 RULES = REPO / "charts" / "modeldeploy" / "files" / "clusterrole-rules.yaml"
 MANIFEST = FIXTURES / "modeldeployment.yaml"
 CLAIM = FIXTURES / "models-claim.yaml"
@@ -206,11 +206,32 @@ def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
 
 
+def _install(cluster: Cluster, path: Path, crd_names: tuple[str, ...]) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    for name in crd_names:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+
+
+ISTIO_CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")
+GATEWAY_API_CRD_NAMES = ("gatewayclasses.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io",
+                         "httproutes.gateway.networking.k8s.io")
+
+
 def install_istio(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ISTIO_CRDS))
-    for name in ("virtualservices", "destinationrules"):
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}.networking.istio.io")
+    """Istio's own VirtualService and DestinationRule CRDs, with their full schemas."""
+    _install(cluster, routing_crds.istio_crds(), ISTIO_CRD_NAMES)
 
 
 def uninstall_istio(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", str(ISTIO_CRDS))
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
+                    str(routing_crds.istio_crds()))
+
+
+def install_gateway_api(cluster: Cluster) -> None:
+    """The Gateway API's standard channel, as `standard-install.yaml` installs it."""
+    _install(cluster, routing_crds.gateway_api_crds(), GATEWAY_API_CRD_NAMES)
+
+
+def uninstall_gateway_api(cluster: Cluster) -> None:
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
+                    str(routing_crds.gateway_api_crds()))

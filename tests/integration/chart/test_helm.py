@@ -55,6 +55,9 @@ def test_rendered_chart_carries_the_single_sources(bin_dir: Path) -> None:
     assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     endpoint = by_kind["ServiceMonitor"]["spec"]["endpoints"][0]
     assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "track"}
+    # Not the per-track Services of Gateway API routing: each pod is scraped once.
+    assert by_kind["ServiceMonitor"]["spec"]["selector"]["matchExpressions"] == [
+        {"key": "modeldeploy.dev/track", "operator": "DoesNotExist"}]
 
 
 def test_operator_pod_meets_restricted_pod_security(bin_dir: Path) -> None:

@@ -16,8 +16,10 @@ from testsupport.operator_harness import (
     Harness,
     bind_operator_rules,
     install_crd,
+    install_gateway_api,
     install_istio,
     refused_by_rbac,
+    uninstall_gateway_api,
     uninstall_istio,
 )
 
@@ -36,9 +38,18 @@ def istio(cluster: Cluster) -> None:
 
 @pytest.fixture
 def no_istio(cluster: Cluster) -> Iterator[None]:
+    """Neither router installed (the Gateway API is only installed by the tests that use it)."""
     uninstall_istio(cluster)
+    uninstall_gateway_api(cluster)
     yield
     install_istio(cluster)
+
+
+@pytest.fixture
+def gateway_api(cluster: Cluster) -> Iterator[None]:
+    install_gateway_api(cluster)
+    yield
+    uninstall_gateway_api(cluster)
 
 
 @pytest.fixture

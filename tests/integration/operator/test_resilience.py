@@ -112,8 +112,8 @@ def test_without_istio_routing_says_so_and_serving_works(harness: Harness, no_is
     h.start_operator()
     h.bound_claim()
     h.apply_manifest()
-    routing = h.wait_condition("sentiment", "RoutingReady", "False", "IstioNotInstalled")
-    assert "Istio (networking.istio.io) is not installed" in routing["message"]
+    routing = h.wait_condition("sentiment", "RoutingReady", "False", "NoRouterInstalled")
+    assert "neither Istio (networking.istio.io) nor the Gateway API" in routing["message"]
     h.wait_condition("sentiment", "Ready", "True", timeout=90)
     service = h.get("service", "sentiment")
     assert "modeldeploy.dev/track" not in service["spec"]["selector"]  # both tracks serve, split by pods

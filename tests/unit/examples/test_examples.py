@@ -63,7 +63,7 @@ def test_canary_example_is_the_cpu_example_plus_a_canary() -> None:
     base = load("modeldeployment.yaml")["spec"]
     with_canary = load("modeldeployment-canary.yaml")["spec"]
     added = {key for key in with_canary if key not in base}
-    assert added <= {"canary", "istio"}
+    assert added <= {"canary", "routing"}
     assert {key: value for key, value in with_canary.items() if key in base} == base
 
 

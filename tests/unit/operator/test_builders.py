@@ -6,12 +6,14 @@ from typing import Any
 
 from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
-from modeldeploy_operator.builders import IstioApi, Owner
+from modeldeploy_operator.builders import Owner, Router, Routers
 from modeldeploy_operator.config import ServingConfig
 
 OWNER = Owner(name="sentiment", namespace="ml", uid="1234-uid")
 CONFIG = ServingConfig(server_image="example.test/server:cpu", gpu_server_image="example.test/server:gpu")
-ISTIO = IstioApi("v1")
+ISTIO = Router("Istio", "v1")
+GATEWAY_API = Router("GatewayAPI", "v1")
+BOTH = Routers(istio="v1", gateway_api="v1")
 
 
 def make_spec(**extra: Any) -> specs.ModelDeploymentSpec:
@@ -190,8 +192,8 @@ def test_virtual_service_weights_follow_traffic_percent() -> None:
     split = route_weights(builders.virtual_service(OWNER, with_canary(30), ISTIO, CONFIG))
     assert split == {"stable": 70, "canary": 30}
     assert route_weights(builders.virtual_service(OWNER, make_spec(), ISTIO, CONFIG)) == {"stable": 100}
-    vs = builders.virtual_service(OWNER, with_canary(10, istio={"hosts": ["s.example.com"], "gateways": ["gw/public"]}),
-                                  ISTIO, CONFIG)
+    routing = {"hosts": ["s.example.com"], "gateways": ["gw/public"]}
+    vs = builders.virtual_service(OWNER, with_canary(10, routing=routing), ISTIO, CONFIG)
     assert vs["spec"]["hosts"] == ["sentiment.ml.svc.cluster.local", "s.example.com"]
     assert vs["spec"]["gateways"] == ["gw/public", "mesh"]
 
@@ -200,17 +202,105 @@ def test_desired_children_sets() -> None:
     def kinds(children: list[dict[str, Any]]) -> list[tuple[str, str]]:
         return [(c["kind"], c["metadata"]["name"]) for c in children]
 
-    full = builders.desired_children(OWNER, with_canary(replicas={"min": 1, "max": 3}), CONFIG, ISTIO)
+    full = builders.desired_children(OWNER, with_canary(replicas={"min": 1, "max": 3}), CONFIG, Routers(istio="v1"))
     assert kinds(full) == [
         ("Deployment", "sentiment-stable"), ("HorizontalPodAutoscaler", "sentiment-stable"),
         ("Deployment", "sentiment-canary"), ("HorizontalPodAutoscaler", "sentiment-canary"),
         ("Service", "sentiment"), ("PodDisruptionBudget", "sentiment"),
         ("DestinationRule", "sentiment"), ("VirtualService", "sentiment"),
     ]
-    bare = builders.desired_children(OWNER, make_spec(), CONFIG, None)
+    bare = builders.desired_children(OWNER, make_spec(), CONFIG, Routers())
     assert kinds(bare) == [("Deployment", "sentiment-stable"), ("Service", "sentiment"),
                            ("PodDisruptionBudget", "sentiment")]
     assert all(c["metadata"]["namespace"] == "ml" for c in full)
+
+
+def test_router_choice_auto_prefers_istio_and_an_explicit_choice_waits_for_its_crds() -> None:
+    def chosen(backend: str | None, routers: Routers) -> Router | None:
+        return builders.choose_router(make_spec(routing={"backend": backend} if backend else {}), routers)
+
+    assert chosen(None, BOTH) == ISTIO
+    assert chosen("Auto", Routers(gateway_api="v1")) == GATEWAY_API
+    assert chosen("Auto", Routers()) is None
+    assert chosen("GatewayAPI", BOTH) == GATEWAY_API
+    assert chosen("GatewayAPI", Routers(istio="v1")) is None
+    assert chosen("Istio", Routers(gateway_api="v1")) is None
+    assert chosen("None", BOTH) is None
+
+
+def test_gateway_api_children_are_per_track_services_and_an_http_route() -> None:
+    spec = with_canary(30, routing={"backend": "GatewayAPI", "gateways": ["edge/public", "internal"],
+                                    "hosts": ["sentiment.example.com"]})
+    children = builders.desired_children(OWNER, spec, CONFIG, BOTH)
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in children]
+    assert kinds[-3:] == [("Service", "sentiment-stable"), ("Service", "sentiment-canary"), ("HTTPRoute", "sentiment")]
+    assert not {"VirtualService", "DestinationRule"} & {kind for kind, _ in kinds}
+    canary_service = children[-2]
+    assert canary_service["spec"]["selector"] == {"app.kubernetes.io/name": "modeldeploy-server",
+                                                  "app.kubernetes.io/instance": "sentiment",
+                                                  "modeldeploy.dev/track": "canary"}
+    # The main Service follows the weight as without a router: calls to it bypass the gateway.
+    main = children[kinds.index(("Service", "sentiment"))]
+    assert "modeldeploy.dev/track" not in main["spec"]["selector"]
+    route = children[-1]
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"] == {
+        "parentRefs": [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "edge"},
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "internal"},
+        ],
+        "hostnames": ["sentiment.example.com"],
+        "rules": [{"name": "traffic", "backendRefs": [
+            {"group": "", "kind": "Service", "name": "sentiment-stable", "port": 80, "weight": 70},
+            {"group": "", "kind": "Service", "name": "sentiment-canary", "port": 80, "weight": 30},
+        ]}],
+    }
+
+
+def test_http_route_without_gateways_attaches_to_the_service_for_the_mesh() -> None:
+    route = builders.http_route(OWNER, make_spec(), GATEWAY_API)
+    assert route["spec"]["parentRefs"] == [{"group": "", "kind": "Service", "name": "sentiment", "port": 80}]
+    assert route["spec"]["rules"] == [{"name": "traffic", "backendRefs": [
+        {"group": "", "kind": "Service", "name": "sentiment-stable", "port": 80, "weight": 100}]}]
+    assert "hostnames" not in route["spec"]
+
+
+AB_CANARY = {"model": {"pvc": "models", "path": "v2.onnx"}, "trafficPercent": 10,
+             "headers": [{"name": "x-model-variant", "exact": "v2"}, {"name": "x-cohort", "regex": "beta-.*"}]}
+SHADOW_CANARY = {"model": {"pvc": "models", "path": "v2.onnx"}, "mirrorPercent": 50}
+
+
+def test_header_matches_go_to_the_canary_before_the_weights_in_both_routers() -> None:
+    spec = make_spec(canary=AB_CANARY)
+    vs_rules = builders.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
+    host = "sentiment.ml.svc.cluster.local"
+    assert vs_rules[0] == {
+        "name": "canary-headers",
+        "match": [{"headers": {"x-model-variant": {"exact": "v2"}}}, {"headers": {"x-cohort": {"regex": "beta-.*"}}}],
+        "route": [{"destination": {"host": host, "subset": "canary"}}],
+    }
+    assert vs_rules[1]["name"] == "traffic"
+    assert route_weights({"spec": {"http": vs_rules[1:]}}) == {"stable": 90, "canary": 10}
+    route_rules = builders.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
+    assert route_rules[0] == {
+        "name": "canary-headers",
+        "matches": [{"headers": [{"type": "Exact", "name": "x-model-variant", "value": "v2"}]},
+                    {"headers": [{"type": "RegularExpression", "name": "x-cohort", "value": "beta-.*"}]}],
+        "backendRefs": [{"group": "", "kind": "Service", "name": "sentiment-canary", "port": 80}],
+    }
+    assert [ref["weight"] for ref in route_rules[1]["backendRefs"]] == [90, 10]
+
+
+def test_shadow_traffic_mirrors_a_share_of_stable_to_the_canary_in_both_routers() -> None:
+    spec = make_spec(canary=SHADOW_CANARY)
+    (weighted,) = builders.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
+    assert weighted["mirror"] == {"host": "sentiment.ml.svc.cluster.local", "subset": "canary"}
+    assert weighted["mirrorPercentage"] == {"value": 50.0}
+    assert route_weights({"spec": {"http": [weighted]}}) == {"stable": 100, "canary": 0}
+    (rule,) = builders.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
+    assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"group": "", "kind": "Service", "name": "sentiment-canary", "port": 80}, "percent": 50}}]
+    assert "mirror" not in builders.virtual_service(OWNER, with_canary(10), ISTIO, CONFIG)["spec"]["http"][0]
 
 
 def test_content_hash_tracks_content_and_is_stable() -> None:

@@ -84,7 +84,7 @@ def test_deleted_children_leave_the_cache() -> None:
     assert snapshot(cache).deployments == {}
 
 
-def test_claim_users_and_istio_switch() -> None:
+def test_claim_users_and_routing_switch() -> None:
     cache = WatchCache()
     cache.observe_resource(resource(1))
     assert cache.users_of_claim("ml", "models") == [("ml", "sentiment")]
@@ -92,12 +92,21 @@ def test_claim_users_and_istio_switch() -> None:
     assert snapshot(cache).claims == {"models": None}
     cache.observe_claim({"metadata": {"name": "models", "namespace": "ml"}, "status": {"phase": "Bound"}})
     assert snapshot(cache).claims == {"models": "Bound"}
-    assert cache.istio() is None
-    assert not cache.set_istio_crd("VirtualService", "v1")
-    assert cache.set_istio_crd("DestinationRule", "v1")
-    assert cache.istio() == builders.IstioApi("v1")
-    assert cache.set_istio_crd("VirtualService", None)
-    assert cache.istio() is None
+    assert cache.routers() == builders.Routers()
+    assert not cache.set_routing_crd("VirtualService", "v1")
+    assert cache.set_routing_crd("DestinationRule", "v1")
+    assert cache.routers() == builders.Routers(istio="v1")
+    assert cache.set_routing_crd("HTTPRoute", "v1")
+    assert snapshot(cache).routers == builders.Routers(istio="v1", gateway_api="v1")
+    assert cache.set_routing_crd("VirtualService", None)
+    assert cache.routers() == builders.Routers(gateway_api="v1")
+
+
+def test_discovery_fills_in_until_the_crd_watch_speaks() -> None:
+    cache = WatchCache()
+    assert cache.set_routing_crd("HTTPRoute", None)  is False  # the watch saw it deleted
+    cache.set_discovered(builders.Routers(istio="v1beta1", gateway_api="v1"))
+    assert cache.routers() == builders.Routers(istio="v1beta1")
 
 
 def test_spec_of_cached_resource_parses() -> None:
@@ -117,3 +126,16 @@ def test_initial_sync_tracks_seen_uids_until_stopped() -> None:
     cache.stop_tracking()
     cache.note_seen({"metadata": {"uid": "b"}})  # no longer recorded: nothing grows after start-up
     assert cache.unseen(["a", "b"]) == ["a", "b"]
+
+
+def test_a_routing_crd_being_deleted_counts_as_gone() -> None:
+    from modeldeploy_operator import kube
+
+    crd: dict[str, Any] = {"metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+           "spec": {"group": "gateway.networking.k8s.io",
+                    "versions": [{"name": "v1beta1", "served": True}, {"name": "v1", "served": True}]}}
+    assert kube.routing_version_of_crd(crd) == "v1"
+    terminating = {**crd, "metadata": {**crd["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert kube.routing_version_of_crd(terminating) is None
+    assert kube.routing_version_of_crd({**crd, "spec": {**crd["spec"], "versions": [{"name": "v1beta1",
+                                                                                     "served": True}]}}) is None

@@ -59,8 +59,10 @@ def test_names_columns_and_subresources() -> None:
     assert "modeldeploy" in names["categories"]
     version = document["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == ["Ready", "Model", "Canary", "Traffic", "Replicas", "URL", "Age"]
+    wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert wide == ["Routing"]  # `kubectl get md -o wide` only
 
 
 def test_cel_rules_carry_messages_and_field_paths() -> None:

@@ -13,7 +13,7 @@ import pytest
 from modeldeploy_operator import builders, names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.api import KubeError
-from modeldeploy_operator.builders import IstioApi, Owner
+from modeldeploy_operator.builders import Owner, Routers
 from modeldeploy_operator.cache import ChildEntry, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig, ServingConfig
 from modeldeploy_operator.controller import Controller
@@ -24,7 +24,9 @@ NOW = "2026-01-02T12:00:00Z"
 CONFIG = ServingConfig()
 OWNER = Owner(name="sentiment", namespace="ml", uid="uid-1")
 BASE_SPEC: dict[str, Any] = {"model": {"pvc": "models", "path": "v1/model.onnx"}, "replicas": {"min": 2, "max": 4}}
-ISTIO = IstioApi("v1")
+ISTIO = Routers(istio="v1")
+NO_ROUTER = Routers()
+BOTH = Routers(istio="v1", gateway_api="v1")
 CANARY = {"model": {"pvc": "models", "path": "v2/model.onnx"}, "trafficPercent": 10}
 
 
@@ -45,18 +47,18 @@ def entry_for(manifest: Mapping[str, Any], **changes: Any) -> ChildEntry:
     return replace(entry, **changes)
 
 
-def converged(spec: Mapping[str, Any], istio: IstioApi | None) -> dict[tuple[str, str], ChildEntry]:
-    desired = builders.desired_children(OWNER, specs.parse_spec(spec), CONFIG, istio)
+def converged(spec: Mapping[str, Any], routers: Routers) -> dict[tuple[str, str], ChildEntry]:
+    desired = builders.desired_children(OWNER, specs.parse_spec(spec), CONFIG, routers)
     return {(m["kind"], m["metadata"]["name"]): entry_for(m) for m in desired}
 
 
 def snapshot(spec: Mapping[str, Any], children: Mapping[tuple[str, str], ChildEntry] | None = None,
-             istio: IstioApi | None = ISTIO, deleting: bool = False,
+             routers: Routers = ISTIO, deleting: bool = False,
              status: Mapping[str, Any] | None = None) -> Snapshot:
     parsed = specs.validate(OWNER.name, spec)
     return Snapshot(
         key=(OWNER.namespace, OWNER.name), body=body(spec, deleting), status=status, generation=3, spec=parsed,
-        children=dict(children or {}), deployments={}, pods=(), claims={"models": "Bound"}, istio=istio,
+        children=dict(children or {}), deployments={}, pods=(), claims={"models": "Bound"}, routers=routers,
     )
 
 
@@ -82,20 +84,21 @@ STABLE = ("Deployment", "sentiment-stable")
 
 def after(spec: Mapping[str, Any], converged_for: Mapping[str, Any] | None = None,
           changed: Mapping[tuple[str, str], Mapping[str, Any] | None] | None = None,
-          istio: IstioApi | None = ISTIO) -> Snapshot:
+          routers: Routers = ISTIO, converged_with: Routers = ISTIO) -> Snapshot:
     """A resource with `spec` whose children converged for `converged_for` (default: the same spec),
     then had some children changed by hand (None: deleted)."""
-    children = converged(converged_for or spec, ISTIO)
+    children = converged(converged_for or spec, converged_with)
     for key, changes in (changed or {}).items():
         if changes is None:
             del children[key]
         else:
             children[key] = replace(children[key], **changes)
-    return snapshot(spec, children, istio=istio)
+    return snapshot(spec, children, routers=routers)
 
 
 FIXED = {**BASE_SPEC, "replicas": {"min": 2}}  # a fixed count: the Deployment carries replicas
 DARK_CANARY = {**BASE_SPEC, "canary": {**CANARY, "trafficPercent": 0}}
+WITH_CANARY_ON_GATEWAY_API = {**WITH_CANARY, "routing": {"backend": "GatewayAPI", "gateways": ["edge/public"]}}
 
 
 CASES = [
@@ -112,8 +115,15 @@ CASES = [
          ["Deployment/sentiment-canary", "HorizontalPodAutoscaler/sentiment-canary"]),
     Case("vanished canary Deployment: re-created",
          after(WITH_CANARY, changed={("Deployment", "sentiment-canary"): None}), ["Deployment/sentiment-canary"]),
-    Case("Istio uninstalled: Service re-applied, Istio objects not addressed", after(DARK_CANARY, istio=None),
+    Case("Istio uninstalled: Service re-applied, Istio objects not addressed", after(DARK_CANARY, routers=NO_ROUTER),
          ["Service/sentiment"]),
+    Case("switched to the Gateway API: its objects applied, Istio's deleted",
+         after(WITH_CANARY_ON_GATEWAY_API, converged_for=WITH_CANARY, routers=BOTH),
+         ["Service/sentiment-stable", "Service/sentiment-canary", "HTTPRoute/sentiment"],
+         ["DestinationRule/sentiment", "VirtualService/sentiment"]),
+    Case("Gateway API uninstalled: its route not addressed, the track Services deleted",
+         after(WITH_CANARY_ON_GATEWAY_API, routers=ISTIO, converged_with=BOTH),
+         [], ["Service/sentiment-stable", "Service/sentiment-canary"]),
     Case("invalid spec: nothing touched", snapshot({"model": {"pvc": "models", "path": "/abs.onnx"}}), []),
     Case("being deleted: nothing touched", snapshot(BASE_SPEC, deleting=True), []),
 ]
@@ -180,7 +190,7 @@ class FakeApi:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.resources: dict[tuple[str, str], str] = {(OWNER.namespace, OWNER.name): OWNER.uid}
-        self.istio: str | None = "v1"
+        self.served: dict[str, str | None] = {names.ISTIO_GROUP: "v1", names.GATEWAY_API_GROUP: None}
         self._uids = itertools.count(1)
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,8 +238,8 @@ class FakeApi:
     def server_version(self) -> tuple[int, int]:
         return (1, 35)
 
-    def istio_version(self) -> str | None:
-        return self.istio
+    def served_version(self, group: str) -> str | None:
+        return self.served[group]
 
     def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
         assert kind == names.MODEL_DEPLOYMENT
@@ -238,7 +248,7 @@ class FakeApi:
 
 def controller(api: FakeApi, spec: Mapping[str, Any]) -> Controller:
     ctl = Controller(api, OperatorConfig(), "test")
-    ctl.cache.set_istio_version("v1")
+    ctl.cache.set_discovered(ISTIO)
     ctl.cache.observe_resource(body(spec))
     return ctl
 
@@ -372,9 +382,11 @@ def test_an_audit_after_a_relist_asks_again_whether_istio_is_installed() -> None
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
     ctl.reconcile(("ml", "sentiment"))
-    api.istio = None  # its CRDs went away while the CRD watch was away
+    api.served[names.ISTIO_GROUP] = None  # its CRDs went away while the CRD watch was away
+    api.served[names.GATEWAY_API_GROUP] = "v1"  # and the Gateway API's came
     ctl.audit()
-    assert ctl.cache.istio() is not None  # a periodic audit trusts the CRD watch
+    assert ctl.cache.routers().istio is not None  # a periodic audit trusts the CRD watch
     ctl.audit(rediscover=True)
-    assert ctl.cache.istio() is None
+    assert ctl.cache.routers().istio is None
+    assert ctl.cache.routers().gateway_api == "v1"
     assert ctl.queue.get(timeout=0) == ("ml", "sentiment")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def test_invalid_specs_are_refused_with_the_rule_message(case: dict[str, Any]) -
     with pytest.raises(ValidationError) as raised:
         specs.parse_spec(case["spec"])
     assert case["message"] in str(raised.value)
-    field_path = case["field"].removeprefix("spec.").split(".")
+    field_path = re.sub(r"\[(\d+)\]", r".\1", case["field"].removeprefix("spec.")).split(".")
     locations = [".".join(str(p) for p in e["loc"]) for e in raised.value.errors(include_url=False)]
     # pydantic reports model-level rules at the parent, field rules at the field itself.
     assert any(".".join(field_path).startswith(loc) or loc.startswith(".".join(field_path[:-1]))
@@ -91,3 +92,24 @@ def test_python_patterns_end_where_re2_ends() -> None:
     assert specs.python_regex(specs.DOTDOT_PATTERN).search("models/..\n") is None
     assert specs.python_regex(specs.DOTDOT_PATTERN).search("models/..") is not None
     assert specs.python_regex(specs.SHA256_PATTERN).search("a" * 64 + "\n") is None
+
+
+def test_routing_defaults_to_auto_with_no_headers_or_mirror() -> None:
+    spec = specs.parse_spec({"model": {"pvc": "m", "path": "a.onnx"},
+                             "canary": {"model": {"pvc": "m", "path": "b.onnx"}, "trafficPercent": 5}})
+    assert spec.routing_backend == "Auto"
+    assert (spec.hosts, spec.gateways, spec.canary_headers, spec.mirror_percent) == ([], [], [], 0)
+
+
+def test_header_matches_and_shadow_traffic_parse() -> None:
+    spec = specs.parse_spec({
+        "model": {"pvc": "m", "path": "a.onnx"},
+        "canary": {"model": {"pvc": "m", "path": "b.onnx"}, "mirrorPercent": 25,
+                   "headers": [{"name": "x-model-variant", "exact": "v2"}, {"name": "x-cohort", "regex": "^beta"}]},
+        "routing": {"backend": "GatewayAPI", "gateways": ["public", "edge/public"], "hosts": ["*.example.com"]},
+    })
+    assert spec.mirror_percent == 25
+    assert [h.describe() for h in spec.canary_headers] == ["x-model-variant: v2", "x-cohort ~ ^beta"]
+    assert spec.gateways == ["public", "edge/public"]
+    with pytest.raises(ValidationError, match="Input should be 'Auto', 'Istio', 'GatewayAPI' or 'None'"):
+        specs.parse_spec({"model": {"pvc": "m", "path": "a.onnx"}, "routing": {"backend": "Linkerd"}})

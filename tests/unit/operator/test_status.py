@@ -7,7 +7,7 @@ from typing import Any
 from modeldeploy_operator import names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as st
-from modeldeploy_operator.builders import IstioApi, Owner
+from modeldeploy_operator.builders import Owner, Routers
 from modeldeploy_operator.config import ServingConfig
 
 OWNER = Owner(name="sentiment", namespace="ml", uid="u1")
@@ -32,7 +32,7 @@ def healthy(name: str, replicas: int = 2) -> st.DeploymentView:
 def observe(spec: specs.ModelDeploymentSpec, **overrides: Any) -> st.Observation:
     fields: dict[str, Any] = {
         "owner": OWNER, "generation": 3, "spec": spec, "claims": {"models": "Bound"},
-        "deployments": {"stable": healthy("sentiment-stable")}, "istio": IstioApi("v1"),
+        "deployments": {"stable": healthy("sentiment-stable")}, "routers": Routers(istio="v1"),
     }
     if spec.canary is not None:
         fields["deployments"] = {**fields["deployments"], "canary": healthy("sentiment-canary")}
@@ -154,19 +154,65 @@ def test_broken_canary_blocks_ready_only_while_it_gets_traffic() -> None:
 def test_without_istio_routing_says_so_and_traffic_follows_pods() -> None:
     spec = specs.parse_spec({"model": {"pvc": "models", "path": "a.onnx"}, "replicas": {"min": 1, "max": 4},
                              "canary": {"model": {"pvc": "models", "path": "b.onnx"}, "trafficPercent": 10}})
-    obs = observe(spec, istio=None, deployments={
+    obs = observe(spec, routers=Routers(), deployments={
         "stable": healthy("sentiment-stable", 3), "canary": healthy("sentiment-canary", 1)})
     status = st.compute_status(obs, None, NOW, CONFIG)
     routing = conditions(status)["RoutingReady"]
-    assert (routing["status"], routing["reason"]) == ("False", "IstioNotInstalled")
+    assert (routing["status"], routing["reason"]) == ("False", "NoRouterInstalled")
     assert "requested 10%" in routing["message"]
     assert status["traffic"] == {"stable": 75, "canary": 25}
     assert conditions(status)["Ready"]["status"] == "True"  # serving still works
 
 
 def test_without_istio_zero_percent_canary_gets_nothing() -> None:
-    status = st.compute_status(observe(canary_spec(0), istio=None), None, NOW, CONFIG)
+    status = st.compute_status(observe(canary_spec(0), routers=Routers()), None, NOW, CONFIG)
     assert status["traffic"] == {"stable": 100, "canary": 0}
+
+
+def test_gateway_api_routing_says_what_the_http_route_was_told() -> None:
+    spec = spec_with(canary={"model": {"pvc": "models", "path": "b.onnx"}, "trafficPercent": 10,
+                             "headers": [{"name": "x-model-variant", "exact": "v2"},
+                                         {"name": "x-cohort", "regex": "beta-.*"}]},
+                     routing={"backend": "GatewayAPI", "gateways": ["edge/public"]})
+    status = st.compute_status(observe(spec, routers=Routers(istio="v1", gateway_api="v1")), None, NOW, CONFIG)
+    routing = conditions(status)["RoutingReady"]
+    assert (routing["status"], routing["reason"]) == ("True", "WeightsApplied")
+    assert routing["message"] == ("HTTPRoute sentiment (parents: edge/public) routes 90% to stable and 10% to "
+                                  "canary; requests with x-model-variant: v2 or x-cohort ~ beta-.* go to canary")
+    assert status["routing"] == {"backend": "GatewayAPI",
+                                 "resources": ["HTTPRoute/sentiment", "Service/sentiment-stable",
+                                               "Service/sentiment-canary"],
+                                 "canaryHeaders": ["x-model-variant: v2", "x-cohort ~ beta-.*"]}
+    assert status["traffic"] == {"stable": 90, "canary": 10}  # exact weights, not the pod mix
+
+
+def test_istio_shadow_traffic_is_reported() -> None:
+    spec = spec_with(canary={"model": {"pvc": "models", "path": "b.onnx"}, "mirrorPercent": 50})
+    status = st.compute_status(observe(spec), None, NOW, CONFIG)
+    assert conditions(status)["RoutingReady"]["message"] == (
+        "VirtualService sentiment routes 100% to stable and 0% to canary; 50% of stable's requests are "
+        "mirrored to canary (answers dropped)")
+    assert status["routing"] == {"backend": "Istio", "resources": ["VirtualService/sentiment",
+                                                                   "DestinationRule/sentiment"],
+                                 "mirrorPercent": 50}
+
+
+def test_a_chosen_router_that_is_not_installed_is_named_and_unmet_features_listed() -> None:
+    spec = spec_with(canary={"model": {"pvc": "models", "path": "b.onnx"}, "mirrorPercent": 20},
+                     routing={"backend": "GatewayAPI"})
+    status = st.compute_status(observe(spec, routers=Routers(istio="v1")), None, NOW, CONFIG)
+    routing = conditions(status)["RoutingReady"]
+    assert (routing["status"], routing["reason"]) == ("False", "RouterNotInstalled")
+    assert routing["message"].startswith("spec.routing.backend is GatewayAPI but the Gateway API "
+                                         "(gateway.networking.k8s.io) is not installed")
+    assert routing["message"].endswith("mirroring need Istio or the Gateway API and are not applied")
+    assert status["routing"] == {"backend": "None"}
+
+
+def test_routing_switched_off_on_purpose_is_not_a_problem() -> None:
+    status = st.compute_status(observe(spec_with(routing={"backend": "None"})), None, NOW, CONFIG)
+    routing = conditions(status)["RoutingReady"]
+    assert (routing["status"], routing["reason"]) == ("True", "ServiceOnly")
 
 
 def test_no_canary_condition() -> None:
