@@ -58,6 +58,7 @@ class RolloutState:
     stable: Mapping[str, str] = field(default_factory=dict)
     canary: Mapping[str, str] | None = None
     step: int = 0
+    steps: int = 0  # how many the rollout has (for the STEP column)
     started_at: dt.datetime | None = None
     step_started_at: dt.datetime | None = None
     paused_at: dt.datetime | None = None
@@ -72,6 +73,8 @@ class RolloutState:
                                "consecutiveFailures": self.consecutive_failures, "message": self.message}
         optional = {
             "canary": dict(self.canary) if self.canary is not None else None,
+            "steps": self.steps or None,
+            "stepSummary": f"{self.step + 1}/{self.steps}" if self.canary is not None and self.steps else None,
             "startedAt": _text(self.started_at),
             "stepStartedAt": _text(self.step_started_at),
             "pausedAt": _text(self.paused_at),
@@ -89,6 +92,7 @@ class RolloutState:
             stable=dict(status.get("stable") or {}),
             canary=dict(status["canary"]) if status.get("canary") else None,
             step=int(status.get("step", 0)),
+            steps=int(status.get("steps", 0)),
             started_at=_time(status.get("startedAt")),
             step_started_at=_time(status.get("stepStartedAt")),
             paused_at=_time(status.get("pausedAt")),
@@ -164,7 +168,8 @@ def _start(state: RolloutState, desired: Mapping[str, str], now: dt.datetime, ro
     events.append(Event("Normal", "RolloutStarted",
                         f"canary {_describe(desired)} against stable {_describe(state.stable)}: step 1 of "
                         f"{len(rollout.steps)}"))
-    return RolloutState(phase="Progressing", stable=state.stable, canary=desired, step=0, started_at=now,
+    return RolloutState(phase="Progressing", stable=state.stable, canary=desired, step=0, steps=len(rollout.steps),
+                        started_at=now,
                         step_started_at=now, failed=None, message=f"step 1/{len(rollout.steps)}")
 
 

@@ -675,6 +675,55 @@ class RoutingStatus(_Model):
     mirror_percent: int | None = Field(default=None, description="Percent of stable's requests copied to the canary.")
 
 
+class ModelKey(_Model):
+    """A model's identity as the rollout records it."""
+
+    pvc: str = Field(description="The claim.")
+    path: str = Field(description="The file inside it.")
+    sha256: str | None = Field(default=None, description="The pinned digest, when the spec gave one.")
+
+
+class Verdict(_Model):
+    """The latest analysis of the canary against stable."""
+
+    result: Literal["Pass", "Fail", "Inconclusive"] = Field(description="Pass, Fail or Inconclusive.")
+    gate: str | None = Field(default=None, description="The gate that decided (for Fail or Inconclusive).")
+    message: str = Field(max_length=4096, description="What was measured against what.")
+    at: str = Field(description="When the window ended (RFC 3339).", json_schema_extra={"format": "date-time"})
+    measured: dict[str, str] | None = Field(default=None, description="Every gate's numbers.",
+                                            json_schema_extra={"maxProperties": 64})
+
+
+class RolloutCommand(_Model):
+    """An imperative request, written through the status subresource by `kubectl modeldeploy rollout`."""
+
+    action: Literal["pause", "resume", "abort", "retry", "promote"] = Field(description="What to do.")
+    requested_at: str | None = Field(default=None, description="When it was asked (RFC 3339).")
+
+
+class RolloutStatus(_Model):
+    """Where the rollout is; the operator's record of which model is stable (never the spec)."""
+
+    phase: Literal["Healthy", "Progressing", "Paused", "RolledBack"] = Field(
+        description="Healthy (stable serves alone), Progressing, Paused or RolledBack."
+    )
+    stable: ModelKey | None = Field(default=None, description="The model the stable track serves.")
+    canary: ModelKey | None = Field(default=None, description="The model being rolled out.")
+    step: int | None = Field(default=None, description="Index of the current step (0-based).")
+    steps: int | None = Field(default=None, description="How many steps the rollout has.")
+    step_summary: str | None = Field(default=None, description="current/total, for the STEP column.")
+    started_at: str | None = Field(default=None, description="When the rollout began (RFC 3339).")
+    step_started_at: str | None = Field(default=None, description="When the current step began (RFC 3339).")
+    paused_at: str | None = Field(default=None, description="When it was paused (RFC 3339).")
+    paused_by_command: bool | None = Field(default=None, description="Paused by `kubectl modeldeploy rollout pause`.")
+    consecutive_failures: int | None = Field(default=None, description="Failed analyses in a row.")
+    last_verdict: Verdict | None = Field(default=None, description="The latest analysis.")
+    failed: ModelKey | None = Field(default=None, description="The model rolled back: not tried again until "
+                                    "spec.model changes or `kubectl modeldeploy rollout retry`.")
+    message: str | None = Field(default=None, max_length=32768, description="What the rollout is doing, for people.")
+    command: RolloutCommand | None = Field(default=None, description="A request not yet acted on.")
+
+
 class ModelDeploymentStatus(_Model):
     """What the operator observed; written only through the status subresource."""
 
@@ -691,6 +740,7 @@ class ModelDeploymentStatus(_Model):
     desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")
     replica_summary: str | None = Field(default=None, description="ready/desired, for the REPLICAS column.")
     traffic_summary: str | None = Field(default=None, description="stable/canary percent, for the TRAFFIC column.")
+    rollout: RolloutStatus | None = Field(default=None, description="Progressive delivery, when spec.rollout is set.")
 
 
 class ModelDeployment(_Model):

@@ -56,7 +56,8 @@ def test_first_sight_makes_the_spec_model_stable() -> None:
 def test_a_changed_model_becomes_the_canary_at_step_one() -> None:
     decision = started()
     assert decision.state.to_status() == {
-        "phase": "Progressing", "stable": V1, "canary": V2, "step": 0, "consecutiveFailures": 0,
+        "phase": "Progressing", "stable": V1, "canary": V2, "step": 0, "steps": 3, "stepSummary": "1/3",
+        "consecutiveFailures": 0,
         "startedAt": "2026-01-01T12:00:00Z", "stepStartedAt": "2026-01-01T12:00:00Z", "message": "step 1/3"}
     assert decision.routing == Routing(V1, V2, weight=0, mirror=50)
     assert [e.reason for e in decision.events] == ["RolloutStarted"]
