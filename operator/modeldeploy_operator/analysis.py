@@ -15,7 +15,10 @@ Gates, in the order they are judged (the first that fails names the verdict):
   errors in a small window does not roll a good version back, while a version that errors on a real
   share of inputs fails as soon as the window holds enough requests to show it.
 - **error rate increase**: canary's Wilson lower bound minus stable's Wilson upper bound above
-  `max_error_rate_increase` (a difference that noise alone would rarely produce).
+  `max_error_rate_increase` (a difference that noise alone would rarely produce). Here every answer but
+  `ok` counts: a request the canary refuses (say, onnxruntime rejecting a value the old model took, a
+  400) while stable answers the same traffic is a regression, and callers' own bad requests reach both
+  tracks alike, so they cancel out.
 - **latency p95 ratio**: the p95 of each track, interpolated from the cumulative histogram buckets as
   PromQL's `histogram_quantile` does, each floored at `latency_floor_seconds` (below it, differences are
   scheduling noise), canary / stable above `max_latency_p95_ratio`.
@@ -44,6 +47,7 @@ INCONCLUSIVE: Result = "Inconclusive"
 # The server's request outcomes that are the server's fault (5xx); invalid input, unknown model and
 # too-large bodies are the caller's.
 ERROR_OUTCOMES = frozenset({"error", "unavailable", "queue_full", "not_ready"})
+OK_OUTCOME = "ok"
 PSI_EPSILON = 1e-4
 Z_95_ONE_SIDED = 1.6448536269514722
 
@@ -73,6 +77,11 @@ class TrackSample:
     @property
     def errors(self) -> float:
         return sum(count for outcome, count in self.requests.items() if outcome in ERROR_OUTCOMES)
+
+    @property
+    def failures(self) -> float:
+        """Every request not answered: server errors and refusals alike."""
+        return sum(count for outcome, count in self.requests.items() if outcome != OK_OUTCOME)
 
 
 @dataclass(frozen=True)
@@ -197,9 +206,7 @@ def psi(canary: Mapping[str, float], stable: Mapping[str, float]) -> tuple[float
 
 def _error_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list[GateResult]:
     c_low, _ = wilson_bounds(canary.errors, canary.total)
-    _, s_high = wilson_bounds(stable.errors, stable.total)
     c_rate = canary.errors / canary.total
-    s_rate = stable.errors / stable.total
     results = []
     if gates.max_error_rate is not None:
         measured = {"canaryErrorRate": round(c_rate, 4), "canaryErrorRateLowerBound": round(c_low, 4)}
@@ -210,13 +217,18 @@ def _error_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list
             f"{c_low:.2%}) {'above' if failed else 'within'} the maximum {gates.max_error_rate:.2%}",
         ))
     if gates.max_error_rate_increase is not None:
-        increase = c_low - s_high
-        measured = {"stableErrorRate": round(s_rate, 4), "errorRateIncrease": round(max(0.0, increase), 4)}
+        c_fail_low, _ = wilson_bounds(canary.failures, canary.total)
+        _, s_fail_high = wilson_bounds(stable.failures, stable.total)
+        c_failed, s_failed = canary.failures / canary.total, stable.failures / stable.total
+        increase = max(0.0, c_fail_low - s_fail_high)
+        measured = {"canaryFailedShare": round(c_failed, 4), "stableFailedShare": round(s_failed, 4),
+                    "failedShareIncrease": round(increase, 4)}
         failed = increase > gates.max_error_rate_increase
         results.append(GateResult(
             GATE_ERROR_INCREASE, FAILED if failed else PASSED, measured,
-            f"canary error rate {c_rate:.2%} against stable {s_rate:.2%}: increase {max(0.0, increase):.2%} "
-            f"beyond noise, {'above' if failed else 'within'} the maximum {gates.max_error_rate_increase:.2%}",
+            f"canary failed {c_failed:.2%} of requests ({canary.failures:.0f}/{canary.total:.0f}) against "
+            f"stable {s_failed:.2%}: increase {increase:.2%} beyond noise, "
+            f"{'above' if failed else 'within'} the maximum {gates.max_error_rate_increase:.2%}",
         ))
     return results
 

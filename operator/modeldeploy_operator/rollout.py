@@ -275,6 +275,8 @@ def decide(
         else:
             state = replace(state, last_verdict=record, message=f"holding at step {state.step + 1}: {verdict.message}")
 
+        if state.step >= len(rollout.steps):  # the steps were shortened mid-rollout
+            state = replace(state, step=len(rollout.steps) - 1)
         step = rollout.steps[state.step]
         elapsed = (now - (state.step_started_at or now)).total_seconds()
         if verdict.result == analysis.PASSED and elapsed >= rollout.pause_seconds(step):

@@ -75,15 +75,22 @@ def test_one_unlucky_error_in_a_small_window_does_not_fail() -> None:
     assert judge(track(ok=57, errors=3), track(ok=1000), GATES).result == "Pass"
 
 
-def test_caller_errors_are_not_the_models_fault() -> None:
-    assert judge(track(ok=500, invalid=500), track(ok=1000), GATES).result == "Pass"
+def test_caller_errors_reaching_both_tracks_are_not_the_models_fault() -> None:
+    assert judge(track(ok=500, invalid=500), track(ok=5000, invalid=5000), GATES).result == "Pass"
+
+
+def test_refusing_what_stable_answers_fails_the_increase_gate() -> None:
+    verdict = judge(track(ok=700, invalid=300), track(ok=10000), GATES)
+    assert (verdict.result, verdict.gate) == ("Fail", "errorRateIncrease")
+    assert verdict.measured()["canaryFailedShare"] == 0.3
+    assert "300/1000" in verdict.message
 
 
 def test_increase_over_stable_fails_even_under_the_absolute_maximum() -> None:
     gates = Gates(min_requests=50, max_error_rate=0.5, max_error_rate_increase=0.02)
     verdict = judge(track(ok=9000, errors=1000), track(ok=10000, errors=10), gates)
     assert (verdict.result, verdict.gate) == ("Fail", "errorRateIncrease")
-    assert verdict.measured()["stableErrorRate"] == 0.001
+    assert verdict.measured()["stableFailedShare"] == 0.001
 
 
 def test_both_tracks_erroring_alike_is_no_increase() -> None:
