@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.server.conftest import build_slow
 
 from modeldeploy_operator import analysis
 from modeldeploy_operator.metricsource import PodScraper
 from modeldeploy_operator.status import PodView
+from server.conftest import build_slow
 
 DEFAULT_GATES = analysis.Gates()
 PODS = (PodView("stable-0", "stable", True, ip="127.0.0.1"), PodView("canary-0", "canary", True, ip="127.0.0.1"))
