@@ -704,8 +704,8 @@ class RolloutCommand(_Model):
 class RolloutStatus(_Model):
     """Where the rollout is; the operator's record of which model is stable (never the spec)."""
 
-    phase: Literal["Healthy", "Progressing", "Paused", "RolledBack"] = Field(
-        description="Healthy (stable serves alone), Progressing, Paused or RolledBack."
+    phase: Literal["Healthy", "Progressing", "Paused", "RolledBack"] | None = Field(
+        default=None, description="Healthy (stable serves alone), Progressing, Paused or RolledBack."
     )
     stable: ModelKey | None = Field(default=None, description="The model the stable track serves.")
     canary: ModelKey | None = Field(default=None, description="The model being rolled out.")

@@ -386,3 +386,27 @@ def test_the_named_extra_brings_the_client_and_the_operator_extra_has_it_too() -
     imported = {line.split()[1].split(".")[0] for line in Path(plugin.__file__).read_text().splitlines()
                 if line.startswith(("import ", "from "))}
     assert imported - set(sys.stdlib_module_names) == {"modeldeploy_operator"}
+
+
+def test_rollout_status_reads_the_operators_record() -> None:
+    resource = {
+        "metadata": {"name": "sentiment", "namespace": "ml"},
+        "spec": {"model": {"pvc": "models", "path": "v2.onnx"}, "rollout": {"steps": [{"weight": 10}]}},
+        "status": {"rollout": {
+            "phase": "RolledBack", "stable": {"pvc": "models", "path": "v1.onnx"},
+            "failed": {"pvc": "models", "path": "v2.onnx"}, "message": "rolled back models/v2.onnx (outputDrift)",
+            "lastVerdict": {"result": "Fail", "gate": "outputDrift", "at": "2026-01-01T00:00:00Z",
+                            "message": "output 'y': PSI 0.9"},
+        }},
+    }
+    text = plugin.format_rollout(resource)
+    assert text.splitlines()[0] == "Rollout of ml/sentiment: RolledBack"
+    assert "failed:" in text and "v2.onnx" in text
+    assert "Fail (outputDrift): output 'y': PSI 0.9" in text
+
+
+def test_rollout_commands_need_a_rollout_and_go_through_status() -> None:
+    with pytest.raises(plugin.PluginError, match="no spec.rollout"):
+        plugin.format_rollout({"metadata": {"name": "a", "namespace": "b"}, "spec": {"model": {}}})
+    assert plugin.rollout_command_patch("pause", datetime(2026, 1, 1, tzinfo=UTC)) == {
+        "status": {"rollout": {"command": {"action": "pause", "requestedAt": "2026-01-01T00:00:00Z"}}}}
