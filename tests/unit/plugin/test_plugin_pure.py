@@ -406,7 +406,7 @@ def test_rollout_status_reads_the_operators_record() -> None:
 
 
 def test_rollout_commands_need_a_rollout_and_go_through_status() -> None:
-    with pytest.raises(plugin.PluginError, match="no spec.rollout"):
+    with pytest.raises(plugin.PluginError, match=r"no spec\.rollout"):
         plugin.format_rollout({"metadata": {"name": "a", "namespace": "b"}, "spec": {"model": {}}})
     assert plugin.rollout_command_patch("pause", datetime(2026, 1, 1, tzinfo=UTC)) == {
         "status": {"rollout": {"command": {"action": "pause", "requestedAt": "2026-01-01T00:00:00Z"}}}}
