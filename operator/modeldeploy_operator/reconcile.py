@@ -102,6 +102,20 @@ def with_rollout(snapshot: Snapshot, decision: rollouts.Decision) -> Snapshot:
     return replace(snapshot, spec=effective_spec(snapshot.spec, decision.routing))
 
 
+def rolled_back_condition(state: rollouts.RolloutState, generation: int, previous: Mapping[str, Any] | None,
+                          now: str) -> dict[str, Any] | None:
+    """`RolledBack` True, naming the gate and the measured values, while the failed model is what the spec
+    asks for; Ready is left to the stable track, which still serves."""
+    if state.phase != "RolledBack" or not state.failed_gate:
+        return None
+    gate = state.failed_gate
+    before = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == "RolledBack"), None)
+    return {"type": "RolledBack", "status": "True", "reason": gate[0].upper() + gate[1:],
+            "message": state.message, "observedGeneration": generation,
+            "lastTransitionTime": before["lastTransitionTime"] if before and before.get("message") == state.message
+            else now}
+
+
 def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome,
                 rollout: rollouts.Decision | None = None) -> StatusUpdate | None:
     """The status after acting on the plan (None when it would not change), and the Events to post."""
@@ -125,6 +139,9 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
     rollout_events: tuple[statuses.EventNote, ...] = ()
     if rollout is not None:
         status["rollout"] = rollout.state.to_status()
+        rolled_back = rolled_back_condition(rollout.state, snapshot.generation, snapshot.status, now)
+        if rolled_back is not None:
+            status["conditions"] = [*status.get("conditions", []), rolled_back]
         rollout_events = tuple(statuses.EventNote(e.type, e.reason, e.message) for e in rollout.events)
     if statuses.same_status(snapshot.status, status) and not rollout_events:
         return None

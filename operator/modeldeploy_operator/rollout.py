@@ -66,6 +66,7 @@ class RolloutState:
     consecutive_failures: int = 0
     last_verdict: Mapping[str, Any] | None = None
     failed: Mapping[str, str] | None = None  # the model rolled back: not tried again until retry
+    failed_gate: str | None = None  # why: the gate that failed, progressDeadline or aborted
     message: str = ""
 
     def to_status(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class RolloutState:
             "pausedByCommand": self.paused_by_command or None,
             "lastVerdict": dict(self.last_verdict) if self.last_verdict is not None else None,
             "failed": dict(self.failed) if self.failed is not None else None,
+            "failedGate": self.failed_gate,
         }
         out.update({key: value for key, value in optional.items() if value is not None})
         return out
@@ -100,6 +102,7 @@ class RolloutState:
             consecutive_failures=int(status.get("consecutiveFailures", 0)),
             last_verdict=status.get("lastVerdict"),
             failed=dict(status["failed"]) if status.get("failed") else None,
+            failed_gate=status.get("failedGate"),
             message=str(status.get("message", "")),
         )
 
@@ -177,7 +180,7 @@ def _roll_back(state: RolloutState, gate: str, message: str, events: list[Event]
     assert state.canary is not None
     text = f"rolled back {_describe(state.canary)} ({gate}): {message}"
     events.append(Event("Warning", "RolledBack", text))
-    return replace(state, phase="RolledBack", canary=None, failed=state.canary, paused_at=None,
+    return replace(state, phase="RolledBack", canary=None, failed=state.canary, failed_gate=gate, paused_at=None,
                    paused_by_command=False, message=text)
 
 

@@ -720,6 +720,8 @@ class RolloutStatus(_Model):
     last_verdict: Verdict | None = Field(default=None, description="The latest analysis.")
     failed: ModelKey | None = Field(default=None, description="The model rolled back: not tried again until "
                                     "spec.model changes or `kubectl modeldeploy rollout retry`.")
+    failed_gate: str | None = Field(default=None, description="Why it was rolled back: the gate that failed, "
+                                    "progressDeadline or aborted.")
     message: str | None = Field(default=None, max_length=32768, description="What the rollout is doing, for people.")
     command: RolloutCommand | None = Field(default=None, description="A request not yet acted on.")
 

@@ -200,3 +200,28 @@ def test_analysis_due_every_interval(last: float | None, now: float, due: bool) 
 def test_gates_from_the_spec_over_the_defaults() -> None:
     rollout = spec(gates={"maxErrorRate": 0.01, "minRequests": 200}).rollout
     assert gates_of(rollout) == analysis.Gates(min_requests=200, max_error_rate=0.01)
+
+
+def test_rolled_back_condition_names_the_gate_and_values() -> None:
+    from modeldeploy_operator.reconcile import rolled_back_condition
+
+    d = run(started(), (60, FAIL), (120, FAIL))
+    condition = rolled_back_condition(d.state, 4, None, "2026-01-01T12:02:00Z")
+    assert condition is not None
+    assert {k: condition[k] for k in ("type", "status", "reason", "observedGeneration")} == {
+        "type": "RolledBack", "status": "True", "reason": "ErrorRate", "observedGeneration": 4}
+    assert "canaryErrorRate=0.3" in condition["message"]
+    later = rolled_back_condition(d.state, 4, {"conditions": [condition]}, "2026-01-01T13:00:00Z")
+    assert later == condition  # unchanged: the transition time stays
+    assert rolled_back_condition(started().state, 4, None, "x") is None
+
+
+def test_children_are_built_from_the_rollouts_routing_not_the_spec() -> None:
+    from modeldeploy_operator.reconcile import effective_spec
+
+    d = run(started(), (300, PASS))
+    built = effective_spec(spec(), d.routing)
+    assert built.model.path == "v1.onnx"  # the stable track keeps the proven model
+    assert built.canary is not None and built.canary.source.path == "v2.onnx"
+    assert (built.canary_weight, built.mirror_percent) == (10, 0)
+    assert spec().model.path == "v2.onnx"  # the user's spec is untouched
