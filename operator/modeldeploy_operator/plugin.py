@@ -324,28 +324,18 @@ class ModelDeployments:
         return result
 
     def merge_patch(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
-        try:
-            result = cast(
-                JSONObject,
-                self._api.patch_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name, dict(patch), _content_type=MERGE_PATCH
-                ),
-            )
-        except Exception as error:
-            raise self._explain(error, name, "patch") from error
-        return result
+        return self._merge_patch(self._api.patch_namespaced_custom_object, name, patch, "patch")
 
     def patch_status(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
         """A merge patch through the status subresource: the spec (git's) is never written."""
+        return self._merge_patch(self._api.patch_namespaced_custom_object_status, name, patch, "patch the status of")
+
+    def _merge_patch(self, call: Any, name: str, patch: Mapping[str, Any], action: str) -> JSONObject:
         try:
-            result = cast(
-                JSONObject,
-                self._api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, name, dict(patch), _content_type=MERGE_PATCH
-                ),
-            )
+            result = cast(JSONObject, call(GROUP, VERSION, self.namespace, PLURAL, name, dict(patch),
+                                           _content_type=MERGE_PATCH))
         except Exception as error:
-            raise self._explain(error, name, "patch the status of") from error
+            raise self._explain(error, name, action) from error
         return result
 
     def _explain(self, error: Exception, name: str, action: str) -> Exception:
