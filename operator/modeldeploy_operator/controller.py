@@ -9,6 +9,7 @@ idempotent and keyed by name, so being killed half-way and restarted simply conv
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -17,13 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modeldeploy_operator import names
+from modeldeploy_operator import analysis, names
+from modeldeploy_operator import rollout as rollouts
+from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
-from modeldeploy_operator.builders import Routers
+from modeldeploy_operator.builders import SERVER_PORT, Routers
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
-from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children
+from modeldeploy_operator.metricsource import PodScraper, PrometheusQuery
+from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children, with_rollout
 from modeldeploy_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,9 @@ class Controller:
         self.applies = 0
         self._audit_wanted = threading.Event()
         self._creations: dict[tuple[Key, str, str], deque[float]] = {}  # recent creations of each child
+        self.scraper = PodScraper(SERVER_PORT)
+        self._last_analysis: dict[Key, dt.datetime] = {}  # when each rollout's current window began
+        self.verdicts: dict[str, int] = {}  # analysis results, for the operator's own metrics
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
 
@@ -270,16 +277,65 @@ class Controller:
         if snapshot is None or snapshot.deleting or self.cache.namespace_terminating(key[0]):
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
+        decision = None
+        if isinstance(snapshot.spec, specs.ModelDeploymentSpec) and snapshot.spec.rollout is not None:
+            decision = self._rollout(snapshot, snapshot.spec, snapshot.spec.rollout)
+            snapshot = with_rollout(snapshot, decision)
+        else:
+            self._last_analysis.pop(key, None)
+            self.scraper.forget(key)
         plan = plan_children(snapshot, self.serving)
         if plan.apply and snapshot.vanished and not self._owner_confirmed(snapshot):
             return True
         outcome = self._act(snapshot, plan)
         if outcome.namespace_going_away:
             self._namespace_going_away(key[0])
-        update = next_status(snapshot, self.serving, now_rfc3339(), outcome)
+        update = next_status(snapshot, self.serving, now_rfc3339(), outcome, decision)
         if update is not None:
             self._write_status(snapshot, update)
         return not outcome.errors
+
+    def _rollout(self, snapshot: Snapshot, spec: specs.ModelDeploymentSpec, rollout: specs.Rollout
+                 ) -> rollouts.Decision:
+        """One step of the rollout's state machine, with an analysis when an interval has ended."""
+        key = snapshot.key
+        recorded = (snapshot.status or {}).get("rollout")
+        previous = rollouts.RolloutState.from_status(recorded) if recorded else None
+        action = ((recorded or {}).get("command") or {}).get("action")
+        command = next((c for c in rollouts.COMMANDS if c == action), None)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        verdict = None
+        live = previous is not None and previous.phase == "Progressing" and previous.canary is not None
+        if live and rollouts.analysis_due(self._last_analysis.get(key), now, rollout):
+            self._last_analysis[key] = now
+            verdict = self._analyse(snapshot, rollout)
+        elif not live:
+            self._last_analysis.pop(key, None)
+            self.scraper.forget(key)
+        decision = rollouts.decide(previous, spec, now, verdict, command)
+        if decision.state.phase in ("Progressing", "Paused"):
+            self.queue.add_after(key, float(rollout.interval_seconds))
+        return decision
+
+    def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout) -> analysis.Verdict | None:
+        """The verdict of the window that just ended; None when this is the first (the window starts now)."""
+        namespace, name = snapshot.key
+        try:
+            if rollout.prometheus is not None:
+                canary, stable = PrometheusQuery(rollout.prometheus.url).read(
+                    namespace, name, rollout.interval_seconds)
+            else:
+                window = self.scraper.read(snapshot.key, snapshot.pods)
+                if window is None:
+                    return None
+                canary, stable = window
+        except (OSError, ValueError) as error:
+            log.warning("rollout analysis of %s/%s could not read metrics: %s", namespace, name, error)
+            return None
+        verdict = analysis.judge(canary, stable, rollouts.gates_of(rollout))
+        self.verdicts[verdict.result] = self.verdicts.get(verdict.result, 0) + 1
+        log.info("rollout analysis of %s/%s: %s %s", namespace, name, verdict.result, verdict.message)
+        return verdict
 
     def _namespace_going_away(self, namespace: str) -> None:
         if self.cache.note_namespace_terminating(namespace):

@@ -343,15 +343,18 @@ class ModelDeployments:
         return result
 
     def merge_patch(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
+        return self._merge_patch(self._api.patch_namespaced_custom_object, name, patch, "patch")
+
+    def patch_status(self, name: str, patch: Mapping[str, Any]) -> JSONObject:
+        """A merge patch through the status subresource: the spec (git's) is never written."""
+        return self._merge_patch(self._api.patch_namespaced_custom_object_status, name, patch, "patch the status of")
+
+    def _merge_patch(self, call: Any, name: str, patch: Mapping[str, Any], action: str) -> JSONObject:
         try:
-            result = cast(
-                JSONObject,
-                self._api.patch_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, name, dict(patch), _content_type=MERGE_PATCH
-                ),
-            )
+            result = cast(JSONObject, call(GROUP, VERSION, self.namespace, PLURAL, name, dict(patch),
+                                           _content_type=MERGE_PATCH))
         except Exception as error:
-            raise self._explain(error, name, "patch") from error
+            raise self._explain(error, name, action) from error
         return result
 
     def _explain(self, error: Exception, name: str, action: str) -> Exception:
@@ -426,7 +429,45 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--remove", action="store_true", help="remove the canary instead of setting 0%%")
     rollback.add_argument("--dry-run", action="store_true", help="print the equivalent kubectl patch, send nothing")
     _connection_options(rollback, defaults=False)
+
+    rollout = commands.add_parser("rollout", help="progressive delivery (spec.rollout): status, pause, resume, "
+                                  "abort, retry, promote")
+    rollout.add_argument("action", choices=["status", *ROLLOUT_ACTIONS], help="what to do")
+    rollout.add_argument("name", help="ModelDeployment name")
+    _connection_options(rollout, defaults=False)
     return parser
+
+
+ROLLOUT_ACTIONS = ("pause", "resume", "abort", "retry", "promote")
+
+
+def format_rollout(resource: Mapping[str, Any]) -> str:
+    """The rollout's phase, step, models and latest verdict, for people."""
+    if not (resource.get("spec") or {}).get("rollout"):
+        raise PluginError(f"{qualified_name(resource)} has no spec.rollout: its canary is driven by hand")
+    state = (resource.get("status") or {}).get("rollout") or {}
+    lines = [f"Rollout of {qualified_name(resource)}: {state.get('phase', 'not started')}"]
+    if state.get("stable"):
+        lines.append(f"  stable:  {describe_model(state['stable'])}")
+    if state.get("canary"):
+        lines.append(f"  canary:  {describe_model(state['canary'])} (step {state.get('stepSummary', '?')})")
+    if state.get("failed"):
+        lines.append(f"  failed:  {describe_model(state['failed'])} (not retried until spec.model changes or retry)")
+    if state.get("message"):
+        lines.append(f"  message: {state['message']}")
+    verdict = state.get("lastVerdict")
+    if verdict:
+        gate = f" ({verdict['gate']})" if verdict.get("gate") else ""
+        lines.append(f"  last analysis at {verdict.get('at')}: {verdict.get('result')}{gate}: {verdict.get('message')}")
+    if state.get("command"):
+        lines.append(f"  pending request: {state['command'].get('action')}")
+    return "\n".join(lines) + "\n"
+
+
+def rollout_command_patch(action: str, now: datetime) -> JSONObject:
+    """What `kubectl modeldeploy rollout ACTION` writes: a request in status the operator acts on and clears."""
+    return {"status": {"rollout": {"command": {"action": action,
+                                               "requestedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ")}}}}
 
 
 CONFLICT_ATTEMPTS = 3
@@ -470,6 +511,13 @@ def run(args: argparse.Namespace) -> str:
     api = ModelDeployments(connection)
     if args.command == "status":
         return format_status(api.get(args.name), datetime.now(UTC))
+    if args.command == "rollout":
+        resource = api.get(args.name)
+        if args.action == "status":
+            return format_rollout(resource)
+        format_rollout(resource)  # refuses a resource without spec.rollout
+        api.patch_status(args.name, rollout_command_patch(args.action, datetime.now(UTC)))
+        return f"{PLURAL}.{GROUP}/{args.name} rollout {args.action} requested\n"
 
     # A status update by the operator between the read and the patch bumps the resourceVersion
     # a promote patch is pinned to; read again and rebuild the patch from what is there now.

@@ -8,10 +8,11 @@ clock, so every decision is unit-tested on plain data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modeldeploy_operator import builders, names
+from modeldeploy_operator import rollout as rollouts
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.cache import ChildEntry, Snapshot
@@ -84,7 +85,39 @@ def plan_children(snapshot: Snapshot, config: ServingConfig) -> Plan:
     return Plan(apply, tuple(delete))
 
 
-def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome) -> StatusUpdate | None:
+def effective_spec(spec: specs.ModelDeploymentSpec, routing: rollouts.Routing) -> specs.ModelDeploymentSpec:
+    """What the children are built from during a rollout: the model recorded as stable, and the canary
+    with the current step's weight or mirror. Never written anywhere: the stored spec stays the user's."""
+    canary = None
+    if routing.canary is not None:
+        canary = specs.Canary(model=specs.ModelSource.model_validate(dict(routing.canary)),
+                              traffic_percent=routing.weight, mirror_percent=routing.mirror)
+    return spec.model_copy(update={"model": specs.ModelSource.model_validate(dict(routing.stable)),
+                                   "canary": canary})
+
+
+def with_rollout(snapshot: Snapshot, decision: rollouts.Decision) -> Snapshot:
+    """The snapshot as the rollout wants it served: plan_children and next_status then work unchanged."""
+    assert isinstance(snapshot.spec, specs.ModelDeploymentSpec)
+    return replace(snapshot, spec=effective_spec(snapshot.spec, decision.routing))
+
+
+def rolled_back_condition(state: rollouts.RolloutState, generation: int, previous: Mapping[str, Any] | None,
+                          now: str) -> dict[str, Any] | None:
+    """`RolledBack` True, naming the gate and the measured values, while the failed model is what the spec
+    asks for; Ready is left to the stable track, which still serves."""
+    if state.phase != "RolledBack" or not state.failed_gate:
+        return None
+    gate = state.failed_gate
+    before = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == "RolledBack"), None)
+    return {"type": "RolledBack", "status": "True", "reason": gate[0].upper() + gate[1:],
+            "message": state.message, "observedGeneration": generation,
+            "lastTransitionTime": before["lastTransitionTime"] if before and before.get("message") == state.message
+            else now}
+
+
+def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome,
+                rollout: rollouts.Decision | None = None) -> StatusUpdate | None:
     """The status after acting on the plan (None when it would not change), and the Events to post."""
     if outcome.namespace_going_away:
         return None  # the resource goes with its namespace: an ApplyFailed status and Events would be noise
@@ -106,6 +139,13 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
             scaled_objects=snapshot.scaled_objects,
         )
         status = statuses.compute_status(observation, snapshot.status, now, config)
-    if statuses.same_status(snapshot.status, status):
+    rollout_events: tuple[statuses.EventNote, ...] = ()
+    if rollout is not None:
+        status["rollout"] = rollout.state.to_status()
+        rolled_back = rolled_back_condition(rollout.state, snapshot.generation, snapshot.status, now)
+        if rolled_back is not None:
+            status["conditions"] = [*status.get("conditions", []), rolled_back]
+        rollout_events = tuple(statuses.EventNote(e.type, e.reason, e.message) for e in rollout.events)
+    if statuses.same_status(snapshot.status, status) and not rollout_events:
         return None
-    return StatusUpdate(status, tuple(statuses.transitions(snapshot.status, status)))
+    return StatusUpdate(status, (*statuses.transitions(snapshot.status, status), *rollout_events))

@@ -509,6 +509,127 @@ class Routing(_Model):
     )
 
 
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+DURATION = Matches(DURATION_PATTERN, "must be a duration such as 30s, 5m or 1h30m (hours, minutes, seconds)")
+ROLLOUT_EXCLUDES_CANARY = ("spec.rollout and spec.canary are mutually exclusive: a rollout moves the canary's "
+                           "traffic itself (drop spec.canary to let the rollout drive, or spec.rollout to drive "
+                           "by hand with spec.canary.trafficPercent)")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``1h30m`` (the pattern above; empty is 0)."""
+    match = python_regex(DURATION_PATTERN).search(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
+    hours, minutes, seconds = (int(part[:-1]) if part else 0 for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+class RolloutStep(_Model):
+    """One step of a rollout: shadow traffic or a share of live requests, held for `pause`."""
+
+    mirror: Annotated[int | None, Between(0, 100)] = Field(
+        default=None,
+        description="Percent of stable's requests copied to the canary; callers only see stable's answers.",
+    )
+    weight: Annotated[int | None, Between(0, 100)] = Field(
+        default=None, description="Percent of live requests the canary serves."
+    )
+    pause: Annotated[str | None, DURATION] = Field(
+        default=None, max_length=32,
+        description="How long the step lasts before the next one, if its analysis passes (default: one "
+        "analysis interval).",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.mirror) != has(self.weight)", "a step sets exactly one of mirror and weight",
+                reason="FieldValueInvalid"),
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RolloutStep:
+        if (self.mirror is None) == (self.weight is None):
+            raise ValueError("a step sets exactly one of mirror and weight")
+        return self
+
+
+class RolloutGates(_Model):
+    """Thresholds the canary is judged on, against stable over the same window."""
+
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Highest share of server-side errors on the canary (default 0.05); judged on the 95% "
+        "lower bound, so a few errors in a small window do not fail it.",
+    )
+    max_error_rate_increase: float | None = Field(
+        default=None, ge=0, le=1, description="Highest increase of the error rate over stable (default 0.02).",
+    )
+    max_latency_p95_ratio: float | None = Field(
+        default=None, ge=1, le=1000, description="Highest canary/stable ratio of p95 latency (default 1.5).",
+    )
+    max_output_psi: float | None = Field(
+        default=None, ge=0, le=100,
+        description="Highest Population Stability Index between the two tracks' outputs, per output "
+        "(default 0.2).",
+    )
+    min_requests: Annotated[int | None, Between(1, 1_000_000)] = Field(
+        default=None,
+        description="Requests each track needs in a window before it is judged (default 50); fewer is "
+        "inconclusive: the step holds.",
+    )
+
+
+class PrometheusSource(_Model):
+    """Read the tracks' metrics from Prometheus instead of the serving pods."""
+
+    url: Annotated[str, Matches("^https?://", "must be an http:// or https:// URL")] = Field(
+        max_length=2048, description="Prometheus' base URL, e.g. http://prometheus.monitoring:9090."
+    )
+
+
+class Rollout(_Model):
+    """Progressive delivery: a changed spec.model becomes a canary walked through the steps, judged
+    against the model it replaces, then promoted — or rolled back."""
+
+    steps: list[RolloutStep] = Field(
+        min_length=1, description="The steps, in order.", json_schema_extra={"maxItems": 32}
+    )
+    analysis_interval: Annotated[str | None, DURATION] = Field(
+        default=None, max_length=32, description="How often the canary is judged (default 1m)."
+    )
+    gates: RolloutGates | None = Field(default=None, description="Analysis thresholds.")
+    failure_limit: Annotated[int | None, Between(1, 100)] = Field(
+        default=None, description="Consecutive failed analyses that roll back (default 3).",
+    )
+    progress_deadline: Annotated[str | None, DURATION] = Field(
+        default=None, max_length=32,
+        description="The longest a rollout may take, pauses excluded, before it rolls back (default 1h).",
+    )
+    paused: bool | None = Field(
+        default=None, description="Hold the rollout at its current step (the traffic stays as it is).",
+    )
+    prometheus: PrometheusSource | None = Field(
+        default=None, description="Read metrics from Prometheus (default: the serving pods' own /metrics).",
+    )
+
+    @property
+    def interval_seconds(self) -> int:
+        return max(1, parse_duration(self.analysis_interval or "1m"))
+
+    @property
+    def deadline_seconds(self) -> int:
+        return parse_duration(self.progress_deadline or "1h")
+
+    @property
+    def failures_allowed(self) -> int:
+        return self.failure_limit or 3
+
+    def pause_seconds(self, step: RolloutStep) -> int:
+        return parse_duration(step.pause) if step.pause else self.interval_seconds
+
+
 class ModelDeploymentSpec(_Model):
     """What to serve and how: a model on a claim, optionally a canary, replicas, resources and routing."""
 
@@ -541,6 +662,23 @@ class ModelDeploymentSpec(_Model):
     )
     batching: Batching | None = Field(default=None, description="Dynamic batching in the server.")
     routing: Routing | None = Field(default=None, description="Request routing between the tracks.")
+    rollout: Rollout | None = Field(
+        default=None,
+        description="Progressive delivery: when spec.model changes, the model that served before stays stable "
+        "and the new one walks through these steps as the canary. Excludes spec.canary.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("!has(self.rollout) || !has(self.canary)", ROLLOUT_EXCLUDES_CANARY, ".rollout"),
+        )
+    )
+
+    @model_validator(mode="after")
+    def _rollout_or_canary(self) -> ModelDeploymentSpec:
+        if self.rollout is not None and self.canary is not None:
+            raise ValueError(ROLLOUT_EXCLUDES_CANARY)
+        return self
 
     # Effective values: the defaults applied in code, never stored in the object.
     @property
@@ -661,6 +799,57 @@ class AutoscalingStatus(_Model):
     canary: TrackAutoscaling | None = Field(default=None, description="The canary track's autoscaler.")
 
 
+class ModelKey(_Model):
+    """A model's identity as the rollout records it."""
+
+    pvc: str = Field(description="The claim.")
+    path: str = Field(description="The file inside it.")
+    sha256: str | None = Field(default=None, description="The pinned digest, when the spec gave one.")
+
+
+class Verdict(_Model):
+    """The latest analysis of the canary against stable."""
+
+    result: Literal["Pass", "Fail", "Inconclusive"] = Field(description="Pass, Fail or Inconclusive.")
+    gate: str | None = Field(default=None, description="The gate that decided (for Fail or Inconclusive).")
+    message: str = Field(max_length=4096, description="What was measured against what.")
+    at: str = Field(description="When the window ended (RFC 3339).", json_schema_extra={"format": "date-time"})
+    measured: dict[str, str] | None = Field(default=None, description="Every gate's numbers.",
+                                            json_schema_extra={"maxProperties": 64})
+
+
+class RolloutCommand(_Model):
+    """An imperative request, written through the status subresource by `kubectl modeldeploy rollout`."""
+
+    action: Literal["pause", "resume", "abort", "retry", "promote"] = Field(description="What to do.")
+    requested_at: str | None = Field(default=None, description="When it was asked (RFC 3339).")
+
+
+class RolloutStatus(_Model):
+    """Where the rollout is; the operator's record of which model is stable (never the spec)."""
+
+    phase: Literal["Healthy", "Progressing", "Paused", "RolledBack"] | None = Field(
+        default=None, description="Healthy (stable serves alone), Progressing, Paused or RolledBack."
+    )
+    stable: ModelKey | None = Field(default=None, description="The model the stable track serves.")
+    canary: ModelKey | None = Field(default=None, description="The model being rolled out.")
+    step: int | None = Field(default=None, description="Index of the current step (0-based).")
+    steps: int | None = Field(default=None, description="How many steps the rollout has.")
+    step_summary: str | None = Field(default=None, description="current/total, for the STEP column.")
+    started_at: str | None = Field(default=None, description="When the rollout began (RFC 3339).")
+    step_started_at: str | None = Field(default=None, description="When the current step began (RFC 3339).")
+    paused_at: str | None = Field(default=None, description="When it was paused (RFC 3339).")
+    paused_by_command: bool | None = Field(default=None, description="Paused by `kubectl modeldeploy rollout pause`.")
+    consecutive_failures: int | None = Field(default=None, description="Failed analyses in a row.")
+    last_verdict: Verdict | None = Field(default=None, description="The latest analysis.")
+    failed: ModelKey | None = Field(default=None, description="The model rolled back: not tried again until "
+                                    "spec.model changes or `kubectl modeldeploy rollout retry`.")
+    failed_gate: str | None = Field(default=None, description="Why it was rolled back: the gate that failed, "
+                                    "progressDeadline or aborted.")
+    message: str | None = Field(default=None, max_length=32768, description="What the rollout is doing, for people.")
+    command: RolloutCommand | None = Field(default=None, description="A request not yet acted on.")
+
+
 class ModelDeploymentStatus(_Model):
     """What the operator observed; written only through the status subresource."""
 
@@ -681,6 +870,7 @@ class ModelDeploymentStatus(_Model):
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="Per autoscaled track: replicas and the metrics its autoscaler sees."
     )
+    rollout: RolloutStatus | None = Field(default=None, description="Progressive delivery, when spec.rollout is set.")
 
 
 class ModelDeployment(_Model):

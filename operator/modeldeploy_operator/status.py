@@ -62,6 +62,7 @@ class PodView:
     track: str
     ready: bool
     problem: Problem | None = None
+    ip: str = field(default="", compare=False)  # where a rollout's analysis reads the pod's /metrics
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodView:
             problem = Problem("Unschedulable", _clip(f"pod {name}: {scheduled.get('message', '')}"))
         if problem is None and status.get("phase") == "Failed":
             problem = Problem(status.get("reason") or "PodFailed", _clip(f"pod {name}: {status.get('message', '')}"))
-    return PodView(name=name, track=track, ready=ready, problem=problem)
+    return PodView(name=name, track=track, ready=ready, problem=problem, ip=str(status.get("podIP") or ""))
 
 
 def claim_phase(body: Mapping[str, Any]) -> str:

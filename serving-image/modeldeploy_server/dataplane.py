@@ -16,7 +16,7 @@ import numpy as np
 
 from modeldeploy_server import __version__
 from modeldeploy_server.batching import Batcher, Feeds
-from modeldeploy_server.drift import InputMonitor, ProfileError, ReferenceBins, load_profile
+from modeldeploy_server.drift import InputMonitor, OutputMonitor, ProfileError, ReferenceBins, load_profile
 from modeldeploy_server.errors import InvalidInputError, InvalidTensorError, ModelNotFoundError, ModelNotReadyError
 from modeldeploy_server.metrics import ServerMetrics
 from modeldeploy_server.model import LoadedModel, TensorSpec
@@ -111,6 +111,7 @@ class DataPlane:
         self.batcher: Batcher | None = None
         self.draining = False
         self._monitors: dict[str, InputMonitor] = {}
+        self._outputs: dict[str, OutputMonitor] = {}
         name = settings.model_name
         self._batch_size = metrics.batch_size.labels(name)
         self._run_seconds = metrics.run_seconds.labels(name)
@@ -134,6 +135,13 @@ class DataPlane:
             if spec.datatype != "BYTES"
         }
         self.metrics.add_drift(model.name, self._monitors)
+        output_edges = self._output_edges()
+        self._outputs = {
+            spec.name: OutputMonitor(spec.dtype.kind, output_edges.get(spec.name))
+            for spec in model.outputs
+            if spec.datatype != "BYTES"
+        }
+        self.metrics.add_outputs(model.name, self._outputs)
         self.batcher = Batcher(
             model.run,
             max_batch_size=settings.max_batch_size,
@@ -173,6 +181,17 @@ class DataPlane:
             return {}
         log.info("drift reference profile %s covers inputs: %s", path, ", ".join(references) or "none")
         return references
+
+    def _output_edges(self) -> dict[str, np.ndarray]:
+        """Output bins from the profile's optional "outputs" section (absent or unreadable: the default)."""
+        path = self.settings.profile_path
+        if not path.exists():
+            return {}
+        try:
+            return {name: bins.edges for name, bins in load_profile(path, "outputs").items()}
+        except ProfileError as exc:
+            log.warning("output statistics use the default bins: %s", exc)
+            return {}
 
     def begin_shutdown(self) -> None:
         """Readiness false from now on; safe to call from a signal handler (one assignment)."""
@@ -237,6 +256,10 @@ class DataPlane:
             allow_non_finite=self.settings.allow_non_finite,
         )
         results = await batcher.infer(feeds, rows)
+        for output_name, monitor in self._outputs.items():
+            values = results.get(output_name)
+            if values is not None:
+                monitor.observe(values)
         outputs = [OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name]) for spec in selected]
         return InferenceResponse(model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id)
 

@@ -13,6 +13,9 @@ Reference profile format (JSON, by default ``<model stem>.profile.json`` next to
       }
     }
 
+A profile may also carry an ``"outputs"`` object of the same shape: its ``bin_edges`` then bin that
+output's values for the statistics a rollout compares (see ``OutputMonitor``).
+
 Every element of an input tensor counts as one value. Values below ``e0`` fall in the first bin and
 values at or above ``eK`` in the last, so the bins cover the whole line. Inputs absent from the profile
 get summary statistics but no drift score. ``profile_from_samples`` writes such a profile from
@@ -51,13 +54,16 @@ class ReferenceBins:
     fractions: np.ndarray  # K shares
 
 
-def parse_profile(document: Any) -> dict[str, ReferenceBins]:
-    """Validate a decoded profile document; raises ProfileError naming the offending input."""
+def parse_profile(document: Any, section: str = "inputs") -> dict[str, ReferenceBins]:
+    """Validate a decoded profile document; raises ProfileError naming the offending input.
+
+    ``section`` is ``"inputs"`` (required) or ``"outputs"`` (optional: absent means none).
+    """
     if not isinstance(document, dict) or document.get("format") != PROFILE_FORMAT:
         raise ProfileError(f'profile must be an object with "format": "{PROFILE_FORMAT}"')
-    inputs = document.get("inputs")
+    inputs = document.get(section, {} if section == "outputs" else None)
     if not isinstance(inputs, dict):
-        raise ProfileError('profile needs an "inputs" object')
+        raise ProfileError(f'profile needs an "{section}" object')
     parsed: dict[str, ReferenceBins] = {}
     for name, entry in inputs.items():
         try:
@@ -76,12 +82,12 @@ def parse_profile(document: Any) -> dict[str, ReferenceBins]:
     return parsed
 
 
-def load_profile(path: Path) -> dict[str, ReferenceBins]:
+def load_profile(path: Path, section: str = "inputs") -> dict[str, ReferenceBins]:
     try:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ProfileError(f"cannot read profile {str(path)!r}: {exc}") from exc
-    return parse_profile(document)
+    return parse_profile(document, section)
 
 
 def profile_from_samples(samples: Mapping[str, np.ndarray], bins: int = 10) -> dict[str, Any]:
@@ -211,3 +217,80 @@ class InputMonitor:
                 maximum=self._max if count else 0.0,
                 psi=score,
             )
+
+
+# Output bins when the profile has none for an output: symmetric about 0, finer near it, so both
+# probabilities/scores in [0, 1] and unbounded regression values land in a useful bin. Values below the
+# first edge count in the first bin, values at or above the last in the last (as for inputs).
+DEFAULT_OUTPUT_EDGES = np.array(
+    [-1000.0, -100.0, -10.0, -5.0, -2.0, -1.0, -0.7, -0.5, -0.3, -0.2, -0.1, -0.05, 0.0,
+     0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0]
+)
+# Integer and boolean outputs are classes: one count per value; values beyond this many distinct ones
+# are counted together under "other" so a misbehaving model cannot grow the metric without bound.
+MAX_CLASSES = 64
+OTHER_CLASS = "other"
+
+
+class OutputMonitor:
+    """Counts of one output's values since start: fixed bins for real numbers, per-value counts for
+    integer (class) outputs. Cumulative counters, so a scraper takes differences over its window."""
+
+    def __init__(self, datatype_kind: str, edges: np.ndarray | None = None) -> None:
+        self._lock = threading.Lock()
+        self.is_classes = datatype_kind in "biu"
+        self.edges = DEFAULT_OUTPUT_EDGES if edges is None else edges
+        self._bins = np.zeros(self.edges.size - 1, dtype=np.int64)
+        self._classes: dict[str, int] = {}
+        self._sum = 0.0
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+
+    def observe(self, values: np.ndarray) -> None:
+        """Note one response's values; folded in by the few thousand (see InputMonitor.observe)."""
+        if values.dtype.kind not in "biuf" or values.size == 0:
+            return
+        kept = np.array(values, copy=True).ravel()
+        with self._lock:
+            self._pending.append(kept)
+            self._pending_size += kept.size
+            if self._pending_size < 4096:
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._pending_size = self._pending, [], 0
+            if not pending:
+                return
+            flat = np.concatenate(pending)
+            if self.is_classes:
+                values, counts = np.unique(flat, return_counts=True)
+                for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                    key = str(int(value))
+                    if key not in self._classes and len(self._classes) >= MAX_CLASSES:
+                        key = OTHER_CLASS
+                    self._classes[key] = self._classes.get(key, 0) + count
+                return
+            finite = flat.astype(np.float64)[np.isfinite(flat)]
+            self._bins += np.bincount(_bin_index(self.edges, finite), minlength=self._bins.size)
+            self._sum += float(finite.sum())
+
+    def class_counts(self) -> dict[str, int]:
+        self._flush()
+        with self._lock:
+            return dict(self._classes)
+
+    def histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative buckets by upper edge (``+Inf`` last) and the sum, as a Prometheus histogram has them.
+
+        Bucket ``le=e(i)`` counts the values in bins up to the one ending at ``e(i)``; the first bin also
+        holds everything below ``e0`` and the last everything above ``eK`` (so ``le=eK`` is left out).
+        """
+        self._flush()
+        with self._lock:
+            cumulative = np.cumsum(self._bins)
+            total = float(self._sum)
+        upper = [f"{edge:g}" for edge in self.edges[1:-1]]
+        buckets = [(bound, int(count)) for bound, count in zip(upper, cumulative[:-1].tolist(), strict=True)]
+        return [*buckets, ("+Inf", int(cumulative[-1]))], total

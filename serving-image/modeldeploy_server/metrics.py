@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modeldeploy_server.drift import InputMonitor
+from modeldeploy_server.drift import InputMonitor, OutputMonitor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
@@ -67,6 +67,38 @@ class _DriftCollector(Collector):
                 drift.add_metric(key, stats.psi)
         yield from families.values()
         yield drift
+
+
+class _OutputCollector(Collector):
+    """Per-output value histograms and per-class counts: what a rollout compares between two tracks.
+
+    A histogram whose first bucket bound is negative carries no ``_sum``/``_count`` (the exposition
+    format's rule, which prometheus_client follows); its ``+Inf`` bucket is the count.
+    """
+
+    def __init__(self, model: str, monitors: Mapping[str, OutputMonitor]) -> None:
+        self._model = model
+        self._monitors = monitors
+
+    def collect(self) -> Iterable[Metric]:
+        values = HistogramMetricFamily(
+            "modeldeploy_output_value",
+            "Values of each real-valued output, in fixed bins (the profile's, else the documented default).",
+            labels=["model", "output"],
+        )
+        classes = CounterMetricFamily(
+            "modeldeploy_output_class", "Values of each integer (class) output, by value.",
+            labels=["model", "output", "class"],
+        )
+        for name, monitor in self._monitors.items():
+            if monitor.is_classes:
+                for label, count in sorted(monitor.class_counts().items()):
+                    classes.add_metric([self._model, name, label], count)
+            else:
+                buckets, total = monitor.histogram()
+                values.add_metric([self._model, name], buckets, total)
+        yield values
+        yield classes
 
 
 class ServerMetrics:
@@ -135,6 +167,9 @@ class ServerMetrics:
 
     def add_drift(self, model: str, monitors: Mapping[str, InputMonitor]) -> None:
         self.registry.register(_DriftCollector(model, monitors))
+
+    def add_outputs(self, model: str, monitors: Mapping[str, OutputMonitor]) -> None:
+        self.registry.register(_OutputCollector(model, monitors))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

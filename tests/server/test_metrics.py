@@ -168,3 +168,50 @@ def test_a_broken_profile_is_reported_and_serving_goes_on(
     server = start_server(model_dir / "mlp.onnx", "--drift-profile", str(profile))
     assert "drift scores are off" in server.log() and "'input'" in server.log()
     assert server.client.post("/v2/models/mlp/infer", json=body(np.ones((1, 64), np.float32))).status_code == 200
+
+
+def _two_io_body(a: list[list[float]], b: list[list[int]]) -> dict[str, Any]:
+    return {"inputs": [
+        {"name": "a", "shape": [2, 3], "datatype": "FP32", "data": [x for row in a for x in row]},
+        {"name": "b", "shape": [2, 3], "datatype": "INT64", "data": [x for row in b for x in row]},
+    ]}
+
+
+def test_output_histograms_and_class_counts(start_server: Callable[..., Any], model_dir: Path) -> None:
+    """Real-valued outputs in the default bins, integer outputs counted per value: what a rollout compares."""
+    server = start_server(model_dir / "two_io.onnx")
+    # scaled = a * 2 + 1 -> [1, 2, 3, -1, 5, 21]; total = row sums of b -> [6, 1]
+    response = server.client.post("/v2/models/two_io/infer",
+                                  json=_two_io_body([[0, 0.5, 1], [-1, 2, 10]], [[1, 2, 3], [0, 0, 1]]))
+    assert response.status_code == 200
+    families = parse(server.client.get("/metrics").text)
+    histogram = families["modeldeploy_output_value"]
+    assert histogram.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in histogram.samples
+               if s.name == "modeldeploy_output_value_bucket" and s.labels["output"] == "scaled"}
+    # A bucket counts the values below its bound (the bins are [e(i-1), e(i)) as for input drift).
+    assert {le: buckets[le] for le in ("0", "1", "2", "5", "10", "100", "+Inf")} == {
+        "0": 1, "1": 1, "2": 2, "5": 4, "10": 5, "100": 6, "+Inf": 6}
+    # The default bins start below 0, so (as the exposition format asks) no _sum or _count.
+    assert "modeldeploy_output_value_sum" not in {s.name for s in histogram.samples}
+    classes = {s.labels["class"]: s.value for s in families["modeldeploy_output_class"].samples
+               if s.name == "modeldeploy_output_class_total" and s.labels["output"] == "total"}
+    assert classes == {"1": 1, "6": 1}
+    assert "total" not in {s.labels["output"] for s in histogram.samples}
+
+
+def test_output_bins_come_from_the_profile(start_server: Callable[..., Any], model_dir: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "format": "modeldeploy.profile/v1",
+        "inputs": {},
+        "outputs": {"scaled": {"bin_edges": [0, 4, 8], "fractions": [0.5, 0.5]}},
+    }))
+    server = start_server(model_dir / "two_io.onnx", "--drift-profile", str(profile))
+    server.client.post("/v2/models/two_io/infer", json=_two_io_body([[0, 0.5, 1], [-1, 2, 10]], [[0] * 3] * 2))
+    families = parse(server.client.get("/metrics").text)
+    buckets = {s.labels["le"]: s.value for s in families["modeldeploy_output_value"].samples
+               if s.name == "modeldeploy_output_value_bucket" and s.labels["output"] == "scaled"}
+    assert buckets == {"4": 4, "+Inf": 6}
+    assert value(families, "modeldeploy_output_value", "modeldeploy_output_value_sum", model="two_io",
+                 output="scaled") == 31

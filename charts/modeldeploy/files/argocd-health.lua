@@ -9,8 +9,11 @@
 --   2. Ready, ModelSourceReady, StableReady or RoutingReady is False with a hard-failure
 --      reason (below); or CanaryReady is, while spec.canary.trafficPercent > 0
 --        -> Degraded, with that condition's reason and message
---   3. Ready is True -> Healthy (message: traffic split and URL)
---   4. anything else (Ready False with a transient reason, Unknown, or missing)
+--   3. a rollout (status.rollout, with spec.rollout) that is Paused -> Suspended; RolledBack ->
+--      Degraded (the failed version is named; stable still serves); Progressing -> Progressing
+--      (the step and what the analysis said); a Healthy rollout goes on to rule 4
+--   4. Ready is True -> Healthy (message: traffic split and URL)
+--   5. anything else (Ready False with a transient reason, Unknown, or missing)
 --        -> Progressing, with Ready's reason and message
 --
 -- Hard failures are reasons that will not fix themselves by waiting: a person has to change
@@ -112,6 +115,26 @@ local function assess(resource)
       hs.message = describe(condition, part .. " ")
       return hs
     end
+  end
+
+  local rollout = status.rollout
+  if rollout ~= nil and rollout.phase ~= nil and rollout.phase ~= "Healthy" then
+    local text = rollout.message
+    if text == nil or text == "" then
+      text = "rollout " .. rollout.phase
+    end
+    if rollout.phase == "Paused" then
+      hs.status = "Suspended"
+    elseif rollout.phase == "RolledBack" then
+      hs.status = "Degraded"
+    else
+      hs.status = "Progressing"
+      if rollout.stepSummary ~= nil then
+        text = "rollout step " .. rollout.stepSummary .. ": " .. text
+      end
+    end
+    hs.message = text
+    return hs
   end
 
   if ready ~= nil and ready.status == "True" then

@@ -60,7 +60,7 @@ def test_names_columns_and_subresources() -> None:
     version = document["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Ready", "Model", "Canary", "Traffic", "Replicas", "URL", "Age"]
+    assert columns == ["Ready", "Model", "Canary", "Traffic", "Replicas", "URL", "Rollout", "Step", "Age"]
     wide = [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority")]
     assert wide == ["Routing"]  # `kubectl get md -o wide` only
 

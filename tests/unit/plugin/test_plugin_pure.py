@@ -403,3 +403,27 @@ def test_status_shows_each_tracks_autoscaler_replicas_and_metrics() -> None:
                                 "7.5/4"]
     assert table[2].split() == ["canary", "ScaledObject/sentiment-canary", "?", "->", "?", "1..3", "<not",
                                 "reported", "yet>"]
+
+
+def test_rollout_status_reads_the_operators_record() -> None:
+    resource = {
+        "metadata": {"name": "sentiment", "namespace": "ml"},
+        "spec": {"model": {"pvc": "models", "path": "v2.onnx"}, "rollout": {"steps": [{"weight": 10}]}},
+        "status": {"rollout": {
+            "phase": "RolledBack", "stable": {"pvc": "models", "path": "v1.onnx"},
+            "failed": {"pvc": "models", "path": "v2.onnx"}, "message": "rolled back models/v2.onnx (outputDrift)",
+            "lastVerdict": {"result": "Fail", "gate": "outputDrift", "at": "2026-01-01T00:00:00Z",
+                            "message": "output 'y': PSI 0.9"},
+        }},
+    }
+    text = plugin.format_rollout(resource)
+    assert text.splitlines()[0] == "Rollout of ml/sentiment: RolledBack"
+    assert "failed:" in text and "v2.onnx" in text
+    assert "Fail (outputDrift): output 'y': PSI 0.9" in text
+
+
+def test_rollout_commands_need_a_rollout_and_go_through_status() -> None:
+    with pytest.raises(plugin.PluginError, match=r"no spec\.rollout"):
+        plugin.format_rollout({"metadata": {"name": "a", "namespace": "b"}, "spec": {"model": {}}})
+    assert plugin.rollout_command_patch("pause", datetime(2026, 1, 1, tzinfo=UTC)) == {
+        "status": {"rollout": {"command": {"action": "pause", "requestedAt": "2026-01-01T00:00:00Z"}}}}

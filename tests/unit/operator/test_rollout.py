@@ -1,0 +1,227 @@
+"""The rollout state machine on plain data: state + spec + now + verdict -> next state, routing, events."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from modeldeploy_operator import analysis
+from modeldeploy_operator.rollout import Decision, RolloutState, Routing, analysis_due, decide, gates_of
+from modeldeploy_operator.spec import parse_spec
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+V1 = {"pvc": "models", "path": "v1.onnx"}
+V2 = {"pvc": "models", "path": "v2.onnx"}
+V3 = {"pvc": "models", "path": "v3.onnx"}
+STEPS = [{"mirror": 50, "pause": "5m"}, {"weight": 10, "pause": "5m"}, {"weight": 50, "pause": "10m"}]
+
+
+def spec(model: dict[str, str] = V2, **rollout: Any) -> Any:
+    return parse_spec({"model": model, "rollout": {"steps": STEPS, "failureLimit": 2, **rollout}})
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def verdict(result: analysis.Result, gate: str | None = None) -> analysis.Verdict:
+    measured = (analysis.GateResult(gate or "minRequests", result, {"canaryErrorRate": 0.3}, "m"),)
+    return analysis.Verdict(result, gate, f"{result} message", measured)
+
+
+PASS = verdict("Pass")
+FAIL = verdict("Fail", "errorRate")
+UNSURE = verdict("Inconclusive")
+
+
+def started() -> Decision:
+    return decide(RolloutState(stable=V1), spec(), T0)
+
+
+def run(decision: Decision, *ticks: tuple[float, analysis.Verdict | None], **spec_args: Any) -> Decision:
+    for seconds, result in ticks:
+        decision = decide(decision.state, spec(**spec_args), at(seconds), result)
+    return decision
+
+
+def test_first_sight_makes_the_spec_model_stable() -> None:
+    decision = decide(None, spec(), T0)
+    assert decision.state.to_status() == {"phase": "Healthy", "stable": V2, "step": 0, "consecutiveFailures": 0,
+                                          "message": "serving the first model"}
+    assert decision.routing == Routing(V2)
+
+
+def test_a_changed_model_becomes_the_canary_at_step_one() -> None:
+    decision = started()
+    assert decision.state.to_status() == {
+        "phase": "Progressing", "stable": V1, "canary": V2, "step": 0, "steps": 3, "stepSummary": "1/3",
+        "consecutiveFailures": 0,
+        "startedAt": "2026-01-01T12:00:00Z", "stepStartedAt": "2026-01-01T12:00:00Z", "message": "step 1/3"}
+    assert decision.routing == Routing(V1, V2, weight=0, mirror=50)
+    assert [e.reason for e in decision.events] == ["RolloutStarted"]
+
+
+def test_steps_advance_after_their_pause_when_the_gate_passes_then_promote() -> None:
+    d = run(started(), (60, PASS), (299, PASS))
+    assert d.state.step == 0  # the pause has not elapsed
+    d = run(d, (300, PASS))
+    assert (d.state.step, d.routing) == (1, Routing(V1, V2, weight=10))
+    assert [e.reason for e in d.events] == ["StepAdvanced"]
+    d = run(d, (600, PASS))
+    assert (d.state.step, d.routing) == (2, Routing(V1, V2, weight=50))
+    d = run(d, (1199, PASS))
+    assert d.state.step == 2
+    d = run(d, (1200, PASS))
+    assert d.state.to_status() == {"phase": "Healthy", "stable": V2, "step": 0, "consecutiveFailures": 0,
+                                   "message": "promoted models/v2.onnx"}
+    assert d.routing == Routing(V2)
+    assert [e.reason for e in d.events] == ["Promoted"]
+
+
+def test_inconclusive_holds_the_step_and_is_no_failure() -> None:
+    d = run(started(), *[(60 * i, UNSURE) for i in range(1, 20)])
+    assert (d.state.phase, d.state.step, d.state.consecutive_failures) == ("Progressing", 0, 0)
+    assert d.state.message.startswith("holding at step 1")
+    d = run(d, (1200, PASS))
+    assert d.state.step == 1  # traffic came: it proceeds
+
+
+def test_failure_limit_consecutive_failures_roll_back_naming_the_gate() -> None:
+    d = run(started(), (60, FAIL))
+    assert (d.state.phase, d.state.consecutive_failures) == ("Progressing", 1)
+    assert [e.reason for e in d.events] == ["AnalysisFailed"]
+    d = run(d, (120, FAIL))
+    assert d.state.phase == "RolledBack"
+    assert d.routing == Routing(V1)  # traffic to stable at once, the canary goes away
+    assert d.state.failed == V2 and d.state.canary is None
+    assert "(errorRate)" in d.state.message and "canaryErrorRate=0.3" in d.state.message
+    assert [e.reason for e in d.events] == ["AnalysisFailed", "RolledBack"]
+    assert d.state.last_verdict is not None and d.state.last_verdict["gate"] == "errorRate"
+
+
+def test_a_pass_between_failures_resets_the_count() -> None:
+    d = run(started(), (60, FAIL), (120, PASS), (180, FAIL))
+    assert (d.state.phase, d.state.consecutive_failures) == ("Progressing", 1)
+
+
+def test_inconclusive_between_failures_keeps_the_count() -> None:
+    d = run(started(), (60, FAIL), (120, UNSURE), (180, FAIL))
+    assert d.state.phase == "RolledBack"
+
+
+def test_a_rolled_back_model_is_not_retried_until_the_spec_changes_or_retry() -> None:
+    d = run(started(), (60, FAIL), (120, FAIL))
+    again = run(d, (3600, None), (7200, None))
+    assert (again.state.phase, again.routing, again.events) == ("RolledBack", Routing(V1), ())
+    retried = decide(again.state, spec(), at(7300), command="retry")
+    assert (retried.state.phase, retried.state.canary, retried.state.step) == ("Progressing", V2, 0)
+    other = decide(again.state, spec(V3), at(7300))
+    assert (other.state.phase, other.state.canary) == ("Progressing", V3)
+
+
+def test_reverting_the_spec_to_stable_cancels_or_clears() -> None:
+    d = decide(started().state, spec(V1), at(60))
+    assert (d.state.phase, d.routing) == ("Healthy", Routing(V1))
+    assert [e.reason for e in d.events] == ["RolloutCancelled"]
+    rolled_back = run(started(), (60, FAIL), (120, FAIL))
+    assert decide(rolled_back.state, spec(V1), at(200)).state.phase == "Healthy"
+
+
+def test_a_third_model_mid_rollout_restarts_against_the_same_stable() -> None:
+    d = run(started(), (300, PASS))
+    d = decide(d.state, spec(V3), at(400))
+    assert (d.state.stable, d.state.canary, d.state.step) == (V1, V3, 0)
+    assert [e.reason for e in d.events] == ["RolloutSuperseded", "RolloutStarted"]
+
+
+def test_progress_deadline_rolls_back() -> None:
+    d = run(started(), (3601, UNSURE), progressDeadline="1h")
+    assert d.state.phase == "RolledBack" and "progressDeadline" in d.state.message
+
+
+def test_pause_in_spec_holds_and_resume_does_not_count_the_pause() -> None:
+    d = run(started(), (100, PASS))
+    paused = decide(d.state, spec(paused=True), at(200), PASS)
+    assert (paused.state.phase, paused.routing) == ("Paused", Routing(V1, V2, mirror=50))
+    assert [e.reason for e in paused.events] == ["RolloutPaused"]
+    paused = decide(paused.state, spec(paused=True), at(5000), PASS)
+    assert paused.state.phase == "Paused"  # no deadline, no advance while paused
+    resumed = decide(paused.state, spec(), at(5200), PASS)
+    # Paused 200 s into the 300 s step, resumed at 5200 s: the step is 200 s in again, not 5200 s.
+    assert (resumed.state.phase, resumed.state.step) == ("Progressing", 0)
+    assert [e.reason for e in resumed.events] == ["RolloutResumed"]
+    assert run(resumed, (5300, PASS)).state.step == 1
+
+
+def test_pause_and_resume_commands() -> None:
+    d = decide(started().state, spec(), at(10), command="pause")
+    assert d.state.phase == "Paused" and d.state.paused_by_command
+    d = decide(d.state, spec(), at(20))
+    assert d.state.phase == "Paused"  # stays paused without a new command
+    d = decide(d.state, spec(), at(30), command="resume")
+    assert d.state.phase == "Progressing"
+
+
+def test_abort_rolls_back_and_promote_promotes_at_once() -> None:
+    aborted = decide(started().state, spec(), at(10), command="abort")
+    assert aborted.state.phase == "RolledBack" and aborted.state.failed == V2 and "aborted" in aborted.state.message
+    promoted = decide(started().state, spec(), at(10), command="promote")
+    assert (promoted.state.phase, promoted.state.stable, promoted.routing) == ("Healthy", V2, Routing(V2))
+
+
+def test_state_survives_a_round_trip_through_status() -> None:
+    d = run(started(), (60, FAIL), (300, PASS))
+    status = d.state.to_status()
+    assert RolloutState.from_status(status) == d.state
+    # A restarted operator continues from status alone, at the same step with the same timers.
+    resumed = decide(RolloutState.from_status(status), spec(), at(600), PASS)
+    assert resumed.state == run(d, (600, PASS)).state
+
+
+def test_without_a_rollout_the_spec_model_serves() -> None:
+    plain = parse_spec({"model": V2})
+    assert decide(RolloutState(stable=V1), plain, T0).routing == Routing(V2)
+
+
+def test_the_digest_is_part_of_the_models_identity() -> None:
+    pinned = {**V1, "sha256": "A" * 64}
+    d = decide(RolloutState(stable=V1), spec(pinned), T0)
+    assert d.state.canary == {**V1, "sha256": "a" * 64}
+
+
+@pytest.mark.parametrize(("last", "now", "due"), [(None, 0, True), (0, 59, False), (0, 60, True)])
+def test_analysis_due_every_interval(last: float | None, now: float, due: bool) -> None:
+    rollout = spec(analysisInterval="1m").rollout
+    assert analysis_due(None if last is None else at(last), at(now), rollout) is due
+
+
+def test_gates_from_the_spec_over_the_defaults() -> None:
+    rollout = spec(gates={"maxErrorRate": 0.01, "minRequests": 200}).rollout
+    assert gates_of(rollout) == analysis.Gates(min_requests=200, max_error_rate=0.01)
+
+
+def test_rolled_back_condition_names_the_gate_and_values() -> None:
+    from modeldeploy_operator.reconcile import rolled_back_condition
+
+    d = run(started(), (60, FAIL), (120, FAIL))
+    condition = rolled_back_condition(d.state, 4, None, "2026-01-01T12:02:00Z")
+    assert condition is not None
+    assert {k: condition[k] for k in ("type", "status", "reason", "observedGeneration")} == {
+        "type": "RolledBack", "status": "True", "reason": "ErrorRate", "observedGeneration": 4}
+    assert "canaryErrorRate=0.3" in condition["message"]
+    later = rolled_back_condition(d.state, 4, {"conditions": [condition]}, "2026-01-01T13:00:00Z")
+    assert later == condition  # unchanged: the transition time stays
+    assert rolled_back_condition(started().state, 4, None, "x") is None
+
+
+def test_children_are_built_from_the_rollouts_routing_not_the_spec() -> None:
+    from modeldeploy_operator.reconcile import effective_spec
+
+    d = run(started(), (300, PASS))
+    built = effective_spec(spec(), d.routing)
+    assert built.model.path == "v1.onnx"  # the stable track keeps the proven model
+    assert built.canary is not None and built.canary.source.path == "v2.onnx"
+    assert (built.canary_weight, built.mirror_percent) == (10, 0)
+    assert spec().model.path == "v2.onnx"  # the user's spec is untouched
