@@ -77,7 +77,8 @@ def test_apply_get_patch_and_remove_canary(harness: Harness, istio: None) -> Non
     row = table_row(h, "sentiment")
     assert row == {"NAME": "sentiment", "READY": "True", "MODEL": "sentiment/v1/model.onnx",
                    "CANARY": "sentiment/v2/model.onnx", "TRAFFIC": "90/10", "REPLICAS": "4/4",
-                   "URL": f"http://sentiment.{h.namespace}.svc.cluster.local", "AGE": row["AGE"]}
+                   "URL": f"http://sentiment.{h.namespace}.svc.cluster.local", "ROLLOUT": "", "STEP": "",
+                   "AGE": row["AGE"]}
     assert row["AGE"]
     status = h.md()["status"]
     assert status["observedGeneration"] == h.md()["metadata"]["generation"]
