@@ -117,7 +117,9 @@ class Harness:
         return "\n".join(f"--- {op.log_path.name} ---\n{op.log()[-6000:]}" for op in self.operators)
 
     def eventually(self, check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-        """Poll `check` until it returns a truthy value (exceptions count as not yet) or time runs out."""
+        """Poll `check` until it returns a truthy value (exceptions count as not yet) or time runs out.
+
+        OSError counts too: a Service answers only once kube-proxy has written its endpoint's rules."""
         deadline = time.monotonic() + timeout
         last: object = None
         while True:
@@ -126,7 +128,7 @@ class Harness:
                 if value:
                     return value
                 last = value
-            except (AssertionError, KeyError, IndexError, TypeError, localcluster.ClusterError) as error:
+            except (AssertionError, KeyError, IndexError, TypeError, OSError, localcluster.ClusterError) as error:
                 last = error
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{self.logs()}")

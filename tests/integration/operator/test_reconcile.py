@@ -83,7 +83,7 @@ def test_apply_get_patch_and_remove_canary(harness: Harness, istio: None) -> Non
     status = h.md()["status"]
     assert status["observedGeneration"] == h.md()["metadata"]["generation"]
     assert {c["type"] for c in status["conditions"]} == {
-        "Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady"}
+        "Ready", "ModelSourceReady", "StableReady", "CanaryReady", "RoutingReady", "AutoscalingReady"}
 
     # The operator's liveness endpoint answers.
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10) as response:

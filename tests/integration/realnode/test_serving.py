@@ -83,7 +83,8 @@ def test_ready_after_the_pod_loaded_the_model_and_answers_like_onnxruntime(servi
     assert inside == ["65532", "Read-only file system"]
 
     assert close(infer(f"http://{pod['status']['podIP']}:8080"), want), "straight to the pod"
-    assert close(infer(s.service_url()), want), "through the Service's ClusterIP"
+    assert close(h.eventually(lambda: infer(s.service_url()), 30, "the Service to answer"), want), \
+        "through the Service's ClusterIP"
     url = h.md()["status"]["url"]
     assert url == f"http://{NAME}.{h.namespace}.svc.cluster.local"
     assert close(run_client_pod(s, url), want), "from a pod, through cluster DNS and the Service"
@@ -122,7 +123,7 @@ def test_a_model_update_under_load_fails_no_request(serving: Serving) -> None:
     apply(s, model_deployment(V1))
     h.wait_condition(NAME, "Ready", "True", timeout=READY_TIMEOUT_S)
     url = s.service_url()
-    infer(url)
+    h.eventually(lambda: infer(url), 30, "the Service to answer")
 
     failures: list[str] = []
     answered = 0
