@@ -123,7 +123,9 @@ def _is_keda_crd(name: str | None, **_: Any) -> bool:
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_keda_crd)
 async def keda_crd_event(event: kopf.RawEvent, body: kopf.Body, memo: Runtime, **_: Any) -> None:
     controller = memo.controller
-    installed = event["type"] != "DELETED" and kube.serves_version(body, names.SCALED_OBJECT.version)
+    # A CRD being deleted counts as gone: the API server already refuses new objects of its kind.
+    going = event["type"] == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
+    installed = not going and kube.serves_version(body, names.SCALED_OBJECT.version)
     if controller.cache.set_keda(installed):
         controller.enqueue_all()
 

@@ -237,13 +237,19 @@ def keda_crds() -> Path:
     return Path(done.stdout.strip().splitlines()[-1].split("=", 1)[1])
 
 
-def install_keda_crds(cluster: Cluster) -> None:
+def install_keda_crds(cluster: Cluster, timeout: float = 60.0) -> None:
+    """Apply, then poll until Established (`kubectl wait` fails on a CRD without a status yet)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(keda_crds()))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + timeout
+    while cluster.kubectl("get", "crd", "scaledobjects.keda.sh", "-o", query, check=False).stdout != "True":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"KEDA's CRDs not Established after {timeout}s")
+        time.sleep(0.2)
 
 
 def uninstall_keda_crds(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f", str(keda_crds()))
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=180s", "-f", str(keda_crds()))
 
 
 def uninstall_istio(cluster: Cluster) -> None:

@@ -17,9 +17,11 @@ PROMETHEUS_URL = "http://127.0.0.1:9"
 
 
 @pytest.fixture
-def keda_crds_later(cluster: localcluster.Cluster) -> Iterator[None]:
+def keda_crds_later(cluster: localcluster.Cluster, harness: Harness) -> Iterator[None]:
     uninstall_keda_crds(cluster)
     yield
+    for operator in harness.operators:  # done: the operator must not race the CRDs' removal
+        operator.stop()
     uninstall_keda_crds(cluster)
 
 
