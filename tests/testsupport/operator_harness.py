@@ -228,9 +228,22 @@ def install_istio(cluster: Cluster) -> None:
     _install(cluster, routing_crds.istio_crds(), ISTIO_CRD_NAMES)
 
 
+def uninstall(cluster: Cluster, path: Path, timeout: float = 240.0) -> None:
+    """Delete what `path` installed and wait until its CRDs are gone (each deletes its objects first, which
+    takes a while on a busy machine)."""
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(path))
+    crds = [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"]
+    deadline = time.monotonic() + timeout
+    for name in crds:
+        while cluster.kubectl("get", "crd", name, "--ignore-not-found", "-o", "name", check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} still there {timeout}s after its deletion")
+            time.sleep(0.5)
+
+
 def uninstall_istio(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
-                    str(routing_crds.istio_crds()))
+    uninstall(cluster, routing_crds.istio_crds())
 
 
 def install_gateway_api(cluster: Cluster) -> None:
@@ -239,5 +252,4 @@ def install_gateway_api(cluster: Cluster) -> None:
 
 
 def uninstall_gateway_api(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
-                    str(routing_crds.gateway_api_crds()))
+    uninstall(cluster, routing_crds.gateway_api_crds())
