@@ -194,6 +194,16 @@ def install(cluster: Cluster, tags: dict[str, str], timeout: str = "300s") -> No
         raise ClusterError(f"helm install of Envoy Gateway failed:\n{done.stderr[-3000:]}{done.stdout[-1000:]}")
 
 
+def uninstall(cluster: Cluster, timeout: str = "180s") -> None:
+    """`helm uninstall` and Envoy Gateway's own CRDs (the caller removes the Gateway API's, if it wants)."""
+    helm = str(cluster.bin_dir / "helm")
+    subprocess.run([helm, "uninstall", "eg", "--namespace", NAMESPACE, "--wait", "--timeout", timeout],
+                   capture_output=True, text=True, check=False,
+                   env={**os.environ, **cluster.env, "KUBECONFIG": str(cluster.kubeconfig)})
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(own_crds()), check=False)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+
+
 def gateway_objects(namespace: str, name: str = "public") -> list[dict[str, Any]]:
     """A GatewayClass for Envoy Gateway and a Gateway with one HTTP listener, routes from any namespace."""
     return [

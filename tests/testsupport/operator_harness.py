@@ -237,24 +237,30 @@ def keda_crds() -> Path:
     return Path(done.stdout.strip().splitlines()[-1].split("=", 1)[1])
 
 
-def install_keda_crds(cluster: Cluster, timeout: float = 60.0) -> None:
-    """Apply, then poll until Established (`kubectl wait` fails on a CRD without a status yet)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(keda_crds()))
-    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    deadline = time.monotonic() + timeout
-    while cluster.kubectl("get", "crd", "scaledobjects.keda.sh", "-o", query, check=False).stdout != "True":
-        if time.monotonic() > deadline:
-            raise AssertionError(f"KEDA's CRDs not Established after {timeout}s")
-        time.sleep(0.2)
+def install_keda_crds(cluster: Cluster) -> None:
+    _install(cluster, keda_crds(), ("scaledobjects.keda.sh",))
 
 
 def uninstall_keda_crds(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=180s", "-f", str(keda_crds()))
+    uninstall(cluster, keda_crds())
+
+
+def uninstall(cluster: Cluster, path: Path, timeout: float = 240.0) -> None:
+    """Delete what `path` installed and wait until its CRDs are gone (each deletes its objects first, which
+    takes a while on a busy machine)."""
+    cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(path))
+    crds = [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"]
+    deadline = time.monotonic() + timeout
+    for name in crds:
+        while cluster.kubectl("get", "crd", name, "--ignore-not-found", "-o", "name", check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} still there {timeout}s after its deletion")
+            time.sleep(0.5)
 
 
 def uninstall_istio(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
-                    str(routing_crds.istio_crds()))
+    uninstall(cluster, routing_crds.istio_crds())
 
 
 def install_gateway_api(cluster: Cluster) -> None:
@@ -263,5 +269,4 @@ def install_gateway_api(cluster: Cluster) -> None:
 
 
 def uninstall_gateway_api(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "--ignore-not-found", "--wait=true", "--timeout=60s", "-f",
-                    str(routing_crds.gateway_api_crds()))
+    uninstall(cluster, routing_crds.gateway_api_crds())

@@ -18,6 +18,7 @@ import envoy_gateway
 import localcluster
 from localkube import images
 from testsupport.gateway import Client, binomial_bounds, served_per_track
+from testsupport.operator_harness import uninstall_gateway_api
 from testsupport.realpods import Serving, expected_output, model_deployment, write_model
 
 V1 = "sentiment/v1/model.onnx"
@@ -36,7 +37,11 @@ def gateway(real_cluster: localcluster.Cluster) -> Iterator[str]:
     real_cluster.apply_objects(*envoy_gateway.gateway_objects(namespace))
     real_cluster.kubectl("wait", "-n", namespace, "--for=condition=Programmed", "--timeout=180s", "gateway/public")
     yield f"{namespace}/public"
-    real_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    # The session's real cluster goes on to tests that expect no router: leave none behind.
+    real_cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+    real_cluster.kubectl("delete", "gatewayclass", "envoy", "--ignore-not-found", check=False)
+    envoy_gateway.uninstall(real_cluster)
+    uninstall_gateway_api(real_cluster)
 
 
 def canary_deployment(s: Serving, gateway: str, canary: dict[str, Any]) -> Client:
