@@ -242,15 +242,13 @@ def install_keda_crds(cluster: Cluster) -> None:
 
 
 def uninstall_keda_crds(cluster: Cluster) -> None:
-    uninstall(cluster, keda_crds())
+    uninstall(cluster, keda_crds(), ("scaledobjects.keda.sh",))
 
 
-def uninstall(cluster: Cluster, path: Path, timeout: float = 240.0) -> None:
-    """Delete what `path` installed and wait until its CRDs are gone (each deletes its objects first, which
-    takes a while on a busy machine)."""
+def uninstall(cluster: Cluster, path: Path, crds: tuple[str, ...], timeout: float = 240.0) -> None:
+    """Delete what `path` installed and wait until the CRDs the operator watches (`crds`) are gone; the
+    others (a CRD deletes its objects first) finish in the background."""
     cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(path))
-    crds = [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text())
-            if doc and doc.get("kind") == "CustomResourceDefinition"]
     deadline = time.monotonic() + timeout
     for name in crds:
         while cluster.kubectl("get", "crd", name, "--ignore-not-found", "-o", "name", check=False).stdout.strip():
@@ -260,7 +258,7 @@ def uninstall(cluster: Cluster, path: Path, timeout: float = 240.0) -> None:
 
 
 def uninstall_istio(cluster: Cluster) -> None:
-    uninstall(cluster, routing_crds.istio_crds())
+    uninstall(cluster, routing_crds.istio_crds(), ISTIO_CRD_NAMES)
 
 
 def install_gateway_api(cluster: Cluster) -> None:
@@ -269,4 +267,4 @@ def install_gateway_api(cluster: Cluster) -> None:
 
 
 def uninstall_gateway_api(cluster: Cluster) -> None:
-    uninstall(cluster, routing_crds.gateway_api_crds())
+    uninstall(cluster, routing_crds.gateway_api_crds(), ("httproutes.gateway.networking.k8s.io",))
