@@ -116,6 +116,8 @@ class Controller:
                         expected.update(self.api.list_uids(kind.collection(namespace), selector))
                         break
                     except KubeError as error:
+                        if error.status == 404:
+                            break  # its CRD went away since discovery: there is nothing of it to wait for
                         log.warning("listing %s for the initial sync failed, retrying: %s", kind.plural, error)
                         self._stopping.wait(1.0)
         deadline = time.monotonic() + timeout

@@ -213,7 +213,14 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        return names.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
+        version = names.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
+        if version is None:
+            return None
+        # The group outlives its CRDs one by one (a CRD being deleted takes its objects first): the router
+        # counts only while every kind the operator writes is served.
+        served = {r.get("name") for r in self.request("GET", f"/apis/{group}/{version}").get("resources", [])}
+        wanted = {kind.plural for kind in names.ROUTING_KINDS if kind.group == group}
+        return version if wanted <= served else None
 
     def keda_installed(self) -> bool:
         """Whether the API server serves KEDA's ScaledObjects at the version the operator writes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -393,3 +394,24 @@ def test_an_audit_after_a_relist_asks_again_whether_istio_is_installed() -> None
     assert ctl.cache.routers().istio is None
     assert ctl.cache.routers().gateway_api == "v1"
     assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
+
+
+class RouterGoneApi(FakeApi):
+    """Discovery said the Gateway API is installed; its HTTPRoute CRD has gone since (404 on listing)."""
+
+    def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]:
+        if collection.endswith("/" + names.HTTP_ROUTE.plural):
+            raise KubeError(404, "NotFound", "404 page not found")
+        return super().list_uids(collection, label_selector)
+
+
+def test_the_initial_sync_skips_a_kind_whose_crd_went_away() -> None:
+    ctl = Controller(RouterGoneApi(), OperatorConfig(), "test")
+    ctl.cache.observe_resource(body(BASE_SPEC))
+    ctl.cache.note_seen(body(BASE_SPEC))
+    done = threading.Thread(target=ctl.wait_for_sync, args=(Routers(gateway_api="v1"),), daemon=True)
+    done.start()
+    done.join(timeout=10)
+    stopped_by_hand = done.is_alive()
+    ctl.stop()
+    assert not stopped_by_hand, "the initial sync kept retrying a listing the API server answers 404"
