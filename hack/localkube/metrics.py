@@ -25,7 +25,7 @@ from localkube.controlplane import Cluster
 from localkube.errors import ClusterError
 from localkube.paths import REPO_ROOT
 from localkube.pki import CertificateAuthority, KeyPair
-from localkube.processes import free_port, spawn, stop_processes
+from localkube.processes import free_port, spawn, stop_processes, wait_for
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-metrics-binaries.sh"
 KEDA_NAMESPACE = "keda"
@@ -197,7 +197,11 @@ class MetricsStack:
     def install_keda_crds(self) -> None:
         crds = metrics_binaries("keda-crds")["keda-crds"]
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-        self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+        # Polled: `kubectl wait` fails outright on a CRD that has no status yet.
+        query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        wait_for("KEDA's ScaledObject CRD to be Established",
+                 lambda: self.cluster.kubectl("get", "crd", "scaledobjects.keda.sh", "-o", query,
+                                              check=False).stdout == "True", 60.0, 0.2)
 
     def start_keda(self) -> None:
         binaries = metrics_binaries("keda")
