@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -28,12 +27,9 @@ from typing import Any
 
 import localcluster
 from localkube import images
+from testsupport.realpods import tiny
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("make_tiny_model", REPO / "examples" / "make_tiny_model.py")
-assert _spec and _spec.loader
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
 NAMESPACE = "bench"
 NAME = "sentiment"
 
