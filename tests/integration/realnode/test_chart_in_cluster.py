@@ -37,7 +37,7 @@ def wait(cluster: localcluster.Cluster, what: str, probe: Any, timeout: float = 
     while time.monotonic() < deadline:
         try:
             last = probe()
-        except (KeyError, IndexError, localcluster.ClusterError) as error:
+        except (KeyError, IndexError, OSError, localcluster.ClusterError) as error:
             last = error
         if last and not isinstance(last, Exception):
             return last
@@ -85,7 +85,9 @@ def test_helm_installed_operator_serves_a_model_under_restricted_pod_security(
 
         wait(cluster, "Ready=True from the in-cluster operator", ready)
         service = get(cluster, namespace, "service", NAME)["spec"]
-        answer = infer(f"http://{service['clusterIP']}:{service['ports'][0]['port']}")
+        # Ready follows the pods; kube-proxy programs the Service's endpoints a moment later.
+        url = f"http://{service['clusterIP']}:{service['ports'][0]['port']}"
+        answer = wait(cluster, "the Service to answer", lambda: infer(url), timeout=30)
         assert close(answer, expected_output(folder, "sentiment/v1/model.onnx"))
         logs = cluster.kubectl("logs", "-n", namespace, pods[0]["metadata"]["name"]).stdout
         assert "forbidden" not in logs.lower(), logs[-3000:]
