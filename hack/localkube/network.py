@@ -6,20 +6,28 @@ the node's address), the Service range 10.252.<16*slot>.0/20 and the pod range 1
 The host routes the pod and Service ranges through the node, so tests on the host reach pod IPs
 and ClusterIPs. kube-proxy's rules and the CNI bridge live inside the namespace: deleting it (and the
 veth with it) removes everything the node added to the network.
+
+A run killed before its teardown leaves its namespace behind. The claim records who took each slot, and a
+later claim takes back a slot whose namespace runs nothing and whose claimer is gone, so leftovers of
+killed runs never exhaust the slots.
 """
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from localkube.errors import ClusterError
+from localkube.processes import pid_alive
 
 SLOTS = 16
 NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "modeldeploy-"
+CLAIMS_DIR = Path("/run/modeldeploy-netns")  # <slot>.pid: the process that claimed the slot
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -79,16 +87,36 @@ class NodeNetwork:
         """
         return ["nsenter", f"--net={self.netns_path}", "--"]
 
+    @property
+    def claim_file(self) -> Path:
+        return CLAIMS_DIR / f"{self.slot}.pid"
+
+    def abandoned(self) -> bool:
+        """Left by a killed run: no process in the namespace, and the process that claimed it is gone."""
+        if ip("netns", "pids", self.netns, check=False).stdout.strip():
+            return False
+        try:
+            claimer = int(self.claim_file.read_text())
+        except (OSError, ValueError):
+            return True
+        return not pid_alive(claimer)
+
     @classmethod
-    def claim(cls) -> NodeNetwork:
-        """Take the first free slot; `ip netns add` fails for a taken name, so two claims never share one."""
-        for slot in range(SLOTS):
-            network = cls(slot)
-            if network.netns_path.exists():
-                continue
-            if ip("netns", "add", network.netns, check=False).returncode == 0:
-                return network
-        raise ClusterError(f"all {SLOTS} real-node network slots are taken (ip netns list: modeldeploy-*)")
+    def claim(cls, slots: range = range(SLOTS)) -> NodeNetwork:
+        """Take the first free (or abandoned) slot, under a lock so two claims never share one."""
+        CLAIMS_DIR.mkdir(parents=True, exist_ok=True)
+        with (CLAIMS_DIR / "lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for slot in slots:
+                network = cls(slot)
+                if network.netns_path.exists():
+                    if not network.abandoned():
+                        continue
+                    network.delete()
+                if ip("netns", "add", network.netns, check=False).returncode == 0:
+                    network.claim_file.write_text(str(os.getpid()))
+                    return network
+        raise ClusterError(f"all {len(slots)} real-node network slots are taken (ip netns list: modeldeploy-*)")
 
     def create(self) -> None:
         """The veth pair, the addresses, forwarding in the namespace, and the host's routes to the node."""
@@ -120,6 +148,7 @@ class NodeNetwork:
         ip("link", "del", self.host_interface, check=False)
         for cidr in (self.pod_cidr, self.service_cidr):
             ip("route", "del", cidr, check=False)
+        self.claim_file.unlink(missing_ok=True)
 
     def leftovers(self) -> list[str]:
         """What of this network still exists (empty after `delete`)."""
