@@ -62,6 +62,7 @@ class OwnerChildren:
     vanished: int = 0  # children deleted since the owner was last confirmed to exist
     hpas: dict[str, statuses.HpaView] = field(default_factory=dict)  # ours and those KEDA made for us
     scaled_objects: dict[str, statuses.ScaledObjectView] = field(default_factory=dict)
+    route: statuses.RouteView | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Snapshot:
     keda: bool = False
     hpas: Mapping[str, statuses.HpaView] = field(default_factory=dict)
     scaled_objects: Mapping[str, statuses.ScaledObjectView] = field(default_factory=dict)
+    route: statuses.RouteView | None = None
 
     @property
     def deleting(self) -> bool:
@@ -278,6 +280,7 @@ class WatchCache:
                 keda=self._keda,
                 hpas=dict(owner.hpas),
                 scaled_objects=dict(owner.scaled_objects),
+                route=owner.route,
             )
 
     def confirmed(self, key: Key) -> None:
@@ -336,6 +339,8 @@ class WatchCache:
                 owner.hpas[meta["name"]] = statuses.summarize_hpa(body)
             elif kind == names.SCALED_OBJECT.kind and ours:
                 owner.scaled_objects[meta["name"]] = statuses.summarize_scaled_object(body)
+            elif kind == names.HTTP_ROUTE.kind and ours:
+                owner.route = statuses.summarize_route(body)
         return key
 
     def forget_child(self, body: Mapping[str, Any], kind: str | None = None) -> Key | None:
@@ -361,6 +366,8 @@ class WatchCache:
             owner.hpas.pop(child_id[1], None)
         if child_id[0] == names.SCALED_OBJECT.kind:
             owner.scaled_objects.pop(child_id[1], None)
+        if child_id[0] == names.HTTP_ROUTE.kind:
+            owner.route = None
         if child_id[0] == names.DEPLOYMENT.kind:
             owner.deployments = {t: v for t, v in owner.deployments.items() if v.name != child_id[1]}
 

@@ -137,6 +137,7 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
             keda=snapshot.keda,
             hpas=snapshot.hpas,
             scaled_objects=snapshot.scaled_objects,
+            route=snapshot.route,
         )
         status = statuses.compute_status(observation, snapshot.status, now, config)
     rollout_events: tuple[statuses.EventNote, ...] = ()

@@ -87,6 +87,25 @@ class HpaView:
 
 
 @dataclass(frozen=True)
+class RouteParentView:
+    """What one parent (a Gateway, or the Service for the mesh) said of the HTTPRoute's current generation."""
+
+    parent: str  # "Gateway ns/name" or "Service name"
+    accepted: bool
+    problem: str = ""  # "Reason: message" of the first condition that is False
+
+
+@dataclass(frozen=True)
+class RouteView:
+    """The HTTPRoute's status.parents, keeping only judgements of its current generation."""
+
+    parents: tuple[RouteParentView, ...] = ()
+
+    def verdict_of(self, parent: str) -> RouteParentView | None:
+        return next((p for p in self.parents if p.parent == parent), None)
+
+
+@dataclass(frozen=True)
 class ScaledObjectView:
     name: str
     track: str
@@ -108,6 +127,7 @@ class Observation:
     keda: bool = False  # KEDA's ScaledObject CRD is installed
     hpas: Mapping[str, HpaView] = field(default_factory=dict)  # HPA name -> view
     scaled_objects: Mapping[str, ScaledObjectView] = field(default_factory=dict)  # name -> view
+    route: RouteView | None = None  # the HTTPRoute's parents' verdicts, once it has been seen
 
 
 def _clip(text: str) -> str:
@@ -181,6 +201,28 @@ def summarize_hpa(body: Mapping[str, Any]) -> HpaView:
         metrics=metrics,
         conditions=conditions,
     )
+
+
+def route_parent_name(kind: str, name: str, namespace: str) -> str:
+    return f"{kind} {namespace}/{name}" if kind == "Gateway" else f"{kind} {name}"
+
+
+def summarize_route(body: Mapping[str, Any]) -> RouteView:
+    """Each parent's verdict on this generation; a verdict on an older generation says nothing about this one."""
+    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
+    generation, namespace = int(meta.get("generation", 0) or 0), str(meta.get("namespace", ""))
+    parents: list[RouteParentView] = []
+    for reported in status.get("parents") or []:
+        ref = reported.get("parentRef") or {}
+        conditions = [c for c in reported.get("conditions") or [] if c.get("type") in ("Accepted", "ResolvedRefs")]
+        if not conditions or any(int(c.get("observedGeneration", generation) or 0) < generation for c in conditions):
+            continue
+        refused = next((c for c in conditions if c.get("status") != "True"), None)
+        parent = route_parent_name(str(ref.get("kind") or "Gateway"), str(ref.get("name", "")),
+                                   str(ref.get("namespace") or namespace))
+        problem = _clip(f"{refused.get('reason', '')}: {refused.get('message', '')}") if refused else ""
+        parents.append(RouteParentView(parent, refused is None, problem))
+    return RouteView(tuple(parents))
 
 
 def _key(metric: Mapping[str, Any]) -> str:
@@ -356,7 +398,26 @@ def _routing(obs: Observation, split: Mapping[str, int]) -> _Cond:
     router = builders.choose_router(obs.spec, obs.routers)
     if router is None:
         return _service_only(obs, split)
-    return _Cond(ROUTING_READY, "True", "WeightsApplied", _told(obs, router, split))
+    told = _told(obs, router, split)
+    if router.name != "GatewayAPI" or not obs.spec.gateways:
+        return _Cond(ROUTING_READY, "True", "WeightsApplied", told)
+    return _gateways_verdict(obs, told)
+
+
+def _gateways_verdict(obs: Observation, told: str) -> _Cond:
+    """Weights written are not weights served: each Gateway must accept the HTTPRoute (its status.parents)."""
+    route = obs.route or RouteView()
+    verdicts = {gateway: route.verdict_of(route_parent_name("Gateway", name, namespace or obs.owner.namespace))
+                for gateway in obs.spec.gateways for namespace, _, name in [gateway.rpartition("/")]}
+    refused = [f"Gateway {gateway} refused it ({verdict.problem})" for gateway, verdict in verdicts.items()
+               if verdict is not None and not verdict.accepted]
+    if refused:
+        return _Cond(ROUTING_READY, "False", "RouteNotAccepted", f"{told}; but {'; '.join(refused)}")
+    waiting = [gateway for gateway, verdict in verdicts.items() if verdict is None]
+    if waiting:
+        return _Cond(ROUTING_READY, "Unknown", "RoutePending",
+                     f"{told}; waiting for Gateway {', '.join(waiting)} to accept it (HTTPRoute status.parents)")
+    return _Cond(ROUTING_READY, "True", "WeightsApplied", f"{told}; accepted by Gateway {', '.join(verdicts)}")
 
 
 def routing_status(obs: Observation) -> dict[str, Any]:

@@ -95,8 +95,26 @@ def test_gateway_api_routes_once_installed_and_switches_with_the_spec(harness: H
 
     install_gateway_api(h.cluster)
     try:
-        routing = h.wait_condition("sentiment", "RoutingReady", "True", "WeightsApplied")
+        # Written is not served: no controller runs Gateway edge/public here, so the route is pending...
+        routing = h.wait_condition("sentiment", "RoutingReady", "Unknown", "RoutePending")
         assert routing["message"].startswith("HTTPRoute sentiment (parents: edge/public) routes 70% to stable")
+        assert routing["message"].endswith("waiting for Gateway edge/public to accept it (HTTPRoute status.parents)")
+        # ...and a gateway's refusal, written to the route's status as a Gateway API controller writes it
+        # (the real Envoy Gateway's acceptance is in tests/integration/realnode/test_gateway_routing.py).
+        generation = h.get("httproute", "sentiment")["metadata"]["generation"]
+        refusal = {"status": {"parents": [{
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "edge",
+                          "name": "public"},
+            "controllerName": "example.com/gateway-controller",
+            "conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners",
+                            "message": "no listener allows routes from this namespace",
+                            "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }]}}
+        h.kubectl("patch", "httproute", "sentiment", "--subresource=status", "--type", "merge",
+                  "-p", json.dumps(refusal))
+        routing = h.wait_condition("sentiment", "RoutingReady", "False", "RouteNotAccepted")
+        assert routing["message"].endswith("but Gateway edge/public refused it (NotAllowedByListeners: "
+                                           "no listener allows routes from this namespace)")
         route = route_spec(h)
         assert route["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
                                         "name": "public", "namespace": "edge"}]

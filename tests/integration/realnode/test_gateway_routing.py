@@ -54,7 +54,8 @@ def canary_deployment(s: Serving, gateway: str, canary: dict[str, Any]) -> Clien
     s.harness.apply_manifest(manifest)
     s.harness.wait_condition("sentiment", "Ready", "True", timeout=READY_TIMEOUT_S)
     s.harness.wait_condition("sentiment", "CanaryReady", "True", timeout=READY_TIMEOUT_S)
-    s.harness.wait_condition("sentiment", "RoutingReady", "True", "WeightsApplied")
+    routing = s.harness.wait_condition("sentiment", "RoutingReady", "True", "WeightsApplied", timeout=120)
+    assert routing["message"].endswith(f"accepted by Gateway {gateway}")  # Envoy Gateway's own verdict
     namespace, name = gateway.split("/")
     address = s.harness.eventually(lambda: envoy_gateway.gateway_address(s.harness.cluster, namespace, name),
                                    120, "the gateway's Envoy Service")

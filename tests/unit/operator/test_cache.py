@@ -139,3 +139,20 @@ def test_a_routing_crd_being_deleted_counts_as_gone() -> None:
     assert kube.routing_version_of_crd(terminating) is None
     assert kube.routing_version_of_crd({**crd, "spec": {**crd["spec"], "versions": [{"name": "v1beta1",
                                                                                      "served": True}]}}) is None
+
+
+def test_the_http_routes_parent_verdicts_reach_the_snapshot_and_leave_with_it() -> None:
+    cache = WatchCache()
+    cache.observe_resource(resource(1))
+    route = {"kind": "HTTPRoute",
+             "metadata": {"name": "sentiment", "namespace": "ml", "uid": "r1", "generation": 2, "labels": LABELS,
+                          "managedFields": [OURS]},
+             "status": {"parents": [{"parentRef": {"name": "public", "namespace": "edge"},
+                                     "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                                     "observedGeneration": 2}]}]}}
+    assert cache.observe_child(route) == ("ml", "sentiment")
+    route_view = snapshot(cache).route
+    assert route_view is not None and route_view.parents[0].parent == "Gateway edge/public"
+    assert route_view.parents[0].accepted
+    cache.forget_child(route)
+    assert snapshot(cache).route is None

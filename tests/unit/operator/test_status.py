@@ -169,16 +169,68 @@ def test_without_istio_zero_percent_canary_gets_nothing() -> None:
     assert status["traffic"] == {"stable": 100, "canary": 0}
 
 
+def parent_status(namespace: str, gateway: str, kind: str, state: str, reason: str, message: str = "",
+                  observed: int = 4) -> dict[str, Any]:
+    """One entry of an HTTPRoute's status.parents, as a Gateway API controller writes it."""
+    return {"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": namespace,
+                          "name": gateway},
+            "controllerName": "gateway.envoyproxy.io/gatewayclass-controller",
+            "conditions": [{"type": kind, "status": state, "reason": reason, "message": message,
+                            "observedGeneration": observed}]}
+
+
+def http_route(*parents: dict[str, Any], generation: int = 4) -> dict[str, Any]:
+    return {"metadata": {"name": "sentiment", "namespace": "ml", "generation": generation},
+            "status": {"parents": list(parents)}}
+
+
+def gateway_routing(route: st.RouteView | None) -> dict[str, Any]:
+    spec = spec_with(routing={"backend": "GatewayAPI", "gateways": ["edge/public", "internal"]})
+    status = st.compute_status(observe(spec, routers=Routers(gateway_api="v1"), route=route), None, NOW, CONFIG)
+    return conditions(status)
+
+
+def test_a_gateway_refusing_the_route_is_named_with_its_reason() -> None:
+    route = st.summarize_route(http_route(
+        parent_status("edge", "public", "Accepted", "False", "NotAllowedByListeners",
+                      "No listeners included by this parent ref allowed this attachment."),
+        parent_status("ml", "internal", "Accepted", "True", "Accepted")))
+    found = gateway_routing(route)
+    routing = found["RoutingReady"]
+    assert (routing["status"], routing["reason"]) == ("False", "RouteNotAccepted")
+    assert routing["message"].endswith("; but Gateway edge/public refused it (NotAllowedByListeners: No listeners "
+                                       "included by this parent ref allowed this attachment.)")
+    assert found["Ready"]["status"] == "True"  # the Service still serves: only the gateway path is broken
+
+
+def test_a_gateway_that_has_not_judged_this_generation_is_waited_for() -> None:
+    stale = parent_status("ml", "internal", "Accepted", "True", "Accepted", observed=3)
+    route = st.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted"), stale))
+    routing = gateway_routing(route)["RoutingReady"]
+    assert (routing["status"], routing["reason"]) == ("Unknown", "RoutePending")
+    assert routing["message"].endswith("waiting for Gateway internal to accept it (HTTPRoute status.parents)")
+    assert gateway_routing(None)["RoutingReady"]["reason"] == "RoutePending"  # not even seen yet
+
+
+def test_unresolved_backends_count_as_a_refusal() -> None:
+    unresolved = parent_status("edge", "public", "ResolvedRefs", "False", "BackendNotFound", "service not found")
+    route = st.summarize_route(http_route(unresolved))
+    assert route.parents == (st.RouteParentView("Gateway edge/public", False, "BackendNotFound: service not found"),)
+
+
 def test_gateway_api_routing_says_what_the_http_route_was_told() -> None:
     spec = spec_with(canary={"model": {"pvc": "models", "path": "b.onnx"}, "trafficPercent": 10,
                              "headers": [{"name": "x-model-variant", "exact": "v2"},
                                          {"name": "x-cohort", "regex": "beta-.*"}]},
                      routing={"backend": "GatewayAPI", "gateways": ["edge/public"]})
-    status = st.compute_status(observe(spec, routers=Routers(istio="v1", gateway_api="v1")), None, NOW, CONFIG)
+    accepted = st.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted")))
+    status = st.compute_status(observe(spec, routers=Routers(istio="v1", gateway_api="v1"), route=accepted),
+                               None, NOW, CONFIG)
     routing = conditions(status)["RoutingReady"]
     assert (routing["status"], routing["reason"]) == ("True", "WeightsApplied")
     assert routing["message"] == ("HTTPRoute sentiment (parents: edge/public) routes 90% to stable and 10% to "
-                                  "canary; requests with x-model-variant: v2 or x-cohort ~ beta-.* go to canary")
+                                  "canary; requests with x-model-variant: v2 or x-cohort ~ beta-.* go to canary; "
+                                  "accepted by Gateway edge/public")
     assert status["routing"] == {"backend": "GatewayAPI",
                                  "resources": ["HTTPRoute/sentiment", "Service/sentiment-stable",
                                                "Service/sentiment-canary"],
