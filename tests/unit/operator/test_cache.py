@@ -30,6 +30,19 @@ def test_resource_needs_reconcile_on_new_spec_or_foreign_status_only() -> None:
     assert cache.observe_resource(resource(2, {}))
 
 
+def test_our_status_write_moves_the_cached_resource_version() -> None:
+    """The next status write is conditional on the resourceVersion our own write made, not the one before."""
+    cache = WatchCache()
+    body = resource(1)
+    body["metadata"]["resourceVersion"] = "10"
+    cache.observe_resource(body)
+    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1}, "11")
+    snapshot = cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None
+    assert (snapshot.body["metadata"]["resourceVersion"], snapshot.status) == ("11", {"observedGeneration": 1})
+    assert body["metadata"]["resourceVersion"] == "10"  # what the watch delivered is not edited in place
+
+
 def deployment_body(managers: list[dict[str, Any]], replicas: int = 2) -> dict[str, Any]:
     return {"kind": "Deployment",
             "metadata": {"name": "sentiment-stable", "namespace": "ml", "uid": "d1",
