@@ -101,6 +101,8 @@ def test_a_command_written_between_the_operators_read_and_write_is_not_lost(harn
     status = rollout_status(harness, "raced")
     assert (status["phase"], status.get("pausedByCommand"), "command" in status) == ("Paused", True, False)
     harness.eventually(lambda: "RolloutPaused" in harness.event_reasons("raced"), 30, "the RolloutPaused Event")
+    refused = harness.modeldeploy("rollout", "pause", "raced", check=False)  # a command that would do nothing
+    assert refused.returncode == 1 and "it is already paused" in refused.stderr, refused
 
     # The operator's own writes do not conflict with each other: the cache keeps the version each one made.
     harness.modeldeploy("rollout", "resume", "raced")

@@ -9,6 +9,7 @@ test prints a timeline (seconds since it started) with `-s`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from localkube.metrics import MetricsStack
@@ -31,6 +32,15 @@ def rollout_manifest(name: str, path: str, rollout: dict[str, Any]) -> dict[str,
 
 def rollout_of(s: Serving, name: str) -> dict[str, Any]:
     return dict((s.harness.md(name).get("status") or {}).get("rollout") or {})
+
+
+def wait_rollout(s: Serving, name: str, wanted: Callable[[dict[str, Any]], bool], timeout: float,
+                 what: str) -> dict[str, Any]:
+    """status.rollout once `wanted` holds for it."""
+    def check() -> dict[str, Any] | None:
+        state = rollout_of(s, name)
+        return state if wanted(state) else None
+    return s.harness.eventually(check, timeout, what)
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -80,8 +90,7 @@ def test_operator_sigkilled_mid_rollout_resumes_at_the_same_step_with_the_same_t
     load = trickle(s, "restarted", limit=900)
     try:
         # Step 2 begins with a verdict, and with it a new window: kill the operator right then.
-        before = h.eventually(lambda: (r := rollout_of(s, "restarted")).get("step") == 1 and r, 420,
-                              "step 2 of 2")
+        before = wait_rollout(s, "restarted", lambda r: r.get("step") == 1, 420, "step 2 of 2")
         assert before["lastVerdict"]["result"] == "Pass", before
         window = parse_time(before["analysisStartedAt"])
         h.operators[0].kill()
@@ -89,8 +98,8 @@ def test_operator_sigkilled_mid_rollout_resumes_at_the_same_step_with_the_same_t
         h.start_operator(MODELDEPLOY_SERVER_IMAGE=s.images["server"])
         timeline.note("a new operator process started (it leads once the dead one's lease expires)")
 
-        after = h.eventually(lambda: (r := rollout_of(s, "restarted")).get("analysisStartedAt")
-                             != before["analysisStartedAt"] and r, 300, "the new operator's first verdict")
+        after = wait_rollout(s, "restarted", lambda r: r.get("analysisStartedAt") != before["analysisStartedAt"],
+                             300, "the new operator's first verdict")
         timeline.note(f"first verdict after the restart: {after.get('lastVerdict')}")
         # Same step, same timers: nothing restarted, nothing forgotten.
         kept = ("phase", "stable", "canary", "step", "startedAt", "stepStartedAt")
@@ -101,8 +110,7 @@ def test_operator_sigkilled_mid_rollout_resumes_at_the_same_step_with_the_same_t
         assert parse_time(after["analysisStartedAt"]) >= window + dt.timedelta(seconds=interval), after
         assert after["lastVerdict"]["source"] == "pods"
 
-        final = h.eventually(lambda: (r := rollout_of(s, "restarted")).get("phase") == "Healthy" and r, 400,
-                             "promotion")
+        final = wait_rollout(s, "restarted", lambda r: r.get("phase") == "Healthy", 400, "promotion")
         timeline.note("promoted")
     finally:
         load.stop()
@@ -130,8 +138,8 @@ def test_rollout_commands_through_the_plugin(serving: Serving) -> None:
     url = s.service_url("commanded")
 
     def phase(wanted: str) -> dict[str, Any]:
-        return h.eventually(lambda: (r := rollout_of(s, "commanded")).get("phase") == wanted
-                            and "command" not in r and r, 90, f"phase {wanted} with the command cleared")
+        return wait_rollout(s, "commanded", lambda r: r.get("phase") == wanted and "command" not in r, 90,
+                            f"phase {wanted} with the command cleared")
 
     def event(reason: str, count: int = 1) -> None:
         h.eventually(lambda: h.event_reasons("commanded").count(reason) >= count, 30, f"{count} {reason} Event(s)")
