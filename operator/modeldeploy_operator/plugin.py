@@ -7,8 +7,12 @@ Installed as the `kubectl-modeldeploy` executable, so kubectl finds it as a plug
                                                  # (only once the operator reports CanaryReady)
     kubectl modeldeploy rollback sentiment       # canary traffic to 0
     kubectl modeldeploy rollback sentiment --remove
+    kubectl modeldeploy rollout status sentiment # spec.rollout: phase, step, models, latest verdict
+    kubectl modeldeploy rollout pause|resume|abort|retry|promote sentiment
+                                                 # a request in status the operator acts on and clears
 
-Each write is a single JSON merge patch, exactly what `kubectl patch --type merge` would send
+Each write is a single JSON merge patch (the rollout requests through the status subresource, so the
+spec stays git's), exactly what `kubectl patch --type merge` would send
 (`--dry-run` prints that command instead of sending it), so the plugin never holds more power
 than the user's own RBAC and adds no hidden state.
 
