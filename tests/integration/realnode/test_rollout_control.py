@@ -157,8 +157,7 @@ def test_rollout_commands_through_the_plugin(serving: Serving) -> None:
     h.operators[0].kill()
     h.start_operator(MODELDEPLOY_SERVER_IMAGE=s.images["server"])
     timeline.note("operator SIGKILLed while paused; a new one started")
-    h.eventually(lambda: "initial sync done" in h.operators[-1].log(), 120,
-                 "the new operator leading")
+    h.eventually(lambda: "became the leader" in h.operators[-1].log(), 120, "the new operator leading")
     assert {k: rollout_of(s, "commanded").get(k) for k in ("phase", "pausedAt", "stepStartedAt", "startedAt")} == {
         k: paused.get(k) for k in ("phase", "pausedAt", "stepStartedAt", "startedAt")}
 
@@ -168,6 +167,8 @@ def test_rollout_commands_through_the_plugin(serving: Serving) -> None:
     # The pause does not count against the step: its start moves forward by the time it was held.
     assert parse_time(resumed["stepStartedAt"]) > parse_time(paused["stepStartedAt"]), (paused, resumed)
     assert "pausedAt" not in resumed
+    held = parse_time(resumed["stepStartedAt"]) - parse_time(paused["stepStartedAt"])
+    assert parse_time(resumed["startedAt"]) - parse_time(paused["startedAt"]) == held  # the deadline's clock too
     timeline.note("resumed")
 
     h.modeldeploy("rollout", "abort", "commanded")
