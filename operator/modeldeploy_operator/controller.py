@@ -382,9 +382,9 @@ class Controller:
         a `kubectl modeldeploy rollout ...` request written since would otherwise be replaced unseen.
         False on such a conflict: the key is reconciled again from the newer object."""
         namespace, name = snapshot.key
+        read = snapshot.body["metadata"].get("resourceVersion")
         try:
-            written = self.api.patch_status(namespace, name, update.status,
-                                            snapshot.body["metadata"].get("resourceVersion"))
+            written = self.api.patch_status(namespace, name, update.status, read)
         except KubeError as error:
             if error.status == 404:
                 return True  # deleted meanwhile
@@ -392,7 +392,8 @@ class Controller:
                 log.info("status of %s/%s changed since it was read; deciding again", namespace, name)
                 return False
             raise
-        self.cache.record_status(snapshot.key, update.status, (written.get("metadata") or {}).get("resourceVersion"))
+        self.cache.record_status(snapshot.key, update.status, (written.get("metadata") or {}).get("resourceVersion"),
+                                 read)
         for note in update.events:
             try:
                 self.api.post_event(snapshot.body, note.type, note.reason, note.message, self.identity)
