@@ -110,6 +110,7 @@ class Verdict:
     gate: str | None  # the gate that decided a Fail (or the first that could not judge)
     message: str
     gates: tuple[GateResult, ...]
+    source: str = ""  # where the numbers came from: "pods" (their /metrics) or "prometheus"
 
     def measured(self) -> dict[str, float]:
         """Every gate's numbers, flat, for status and events."""

@@ -50,7 +50,10 @@ class ChildApi(Protocol):
 
     def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool: ...
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """Replace the status; with `resource_version`, only if the object is still at it (else 409)."""
+        ...
 
     def post_event(
         self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str

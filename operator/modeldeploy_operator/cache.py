@@ -294,12 +294,22 @@ class WatchCache:
         with self._lock:
             return list(self._resources)
 
-    def record_status(self, key: Key, status: dict[str, Any]) -> None:
-        """What we just wrote: the watch event that echoes it will then not trigger another reconcile."""
+    def record_status(self, key: Key, status: dict[str, Any], resource_version: str | None = None,
+                      written_over: str | None = None) -> None:
+        """What we just wrote, and the resourceVersion it made: the watch event that echoes it will then not
+        trigger another reconcile, and the next status write is not refused as a conflict with our own.
+
+        `written_over` is the resourceVersion the write was conditional on: when the watch has delivered
+        another version since (our echo, or someone's newer write, e.g. a rollout command), that one stays."""
         with self._lock:
             entry = self._resources.get(key)
-            if entry is not None:
-                entry.status = status
+            if entry is None:
+                return
+            if written_over is not None and entry.body["metadata"].get("resourceVersion") != written_over:
+                return
+            entry.status = status
+            if resource_version:
+                entry.body = {**entry.body, "metadata": {**entry.body["metadata"], "resourceVersion": resource_version}}
 
     def users_of_claim(self, namespace: str, claim: str) -> list[Key]:
         with self._lock:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from modeldeploy_operator import analysis, names
@@ -52,7 +52,6 @@ class Controller:
         self._audit_wanted = threading.Event()
         self._creations: dict[tuple[Key, str, str], deque[float]] = {}  # recent creations of each child
         self.scraper = PodScraper(SERVER_PORT)
-        self._last_analysis: dict[Key, dt.datetime] = {}  # when each rollout's current window began
         self.verdicts: dict[str, int] = {}  # analysis results, for the operator's own metrics
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
@@ -284,7 +283,6 @@ class Controller:
             decision = self._rollout(snapshot, snapshot.spec, snapshot.spec.rollout)
             snapshot = with_rollout(snapshot, decision)
         else:
-            self._last_analysis.pop(key, None)
             self.scraper.forget(key)
         plan = plan_children(snapshot, self.serving)
         if plan.apply and snapshot.vanished and not self._owner_confirmed(snapshot):
@@ -293,40 +291,47 @@ class Controller:
         if outcome.namespace_going_away:
             self._namespace_going_away(key[0])
         update = next_status(snapshot, self.serving, now_rfc3339(), outcome, decision)
-        if update is not None:
-            self._write_status(snapshot, update)
+        if update is not None and not self._write_status(snapshot, update):
+            return False  # the resource changed since it was read: decide again from the newer one
         return not outcome.errors
 
     def _rollout(self, snapshot: Snapshot, spec: specs.ModelDeploymentSpec, rollout: specs.Rollout
                  ) -> rollouts.Decision:
-        """One step of the rollout's state machine, with an analysis when an interval has ended."""
+        """One step of the rollout's state machine, with an analysis when an interval has ended. When the
+        current window began is in status (not in this process), so a restarted operator keeps the schedule."""
         key = snapshot.key
         recorded = (snapshot.status or {}).get("rollout")
         previous = rollouts.RolloutState.from_status(recorded) if recorded else None
         action = ((recorded or {}).get("command") or {}).get("action")
         command = next((c for c in rollouts.COMMANDS if c == action), None)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        verdict = None
-        live = previous is not None and previous.phase == "Progressing" and previous.canary is not None
-        if live and rollouts.analysis_due(self._last_analysis.get(key), now, rollout):
-            self._last_analysis[key] = now
-            verdict = self._analyse(snapshot, rollout)
-        elif not live:
-            self._last_analysis.pop(key, None)
+        verdict, window_started = None, None
+        if previous is not None and previous.judged:
+            if rollouts.analysis_due(previous.analysis_started_at, now, rollout):
+                verdict, window_started = self._analyse(snapshot, rollout, previous, now), now
+            elif rollout.prometheus is None:
+                # Restarted mid-window: the pods' counters at its start died with the old process; count
+                # from now, and judge when the window recorded in status ends.
+                self.scraper.begin(key, snapshot.pods)
+        else:
             self.scraper.forget(key)
-        decision = rollouts.decide(previous, spec, now, verdict, command)
-        if decision.state.phase in ("Progressing", "Paused"):
-            self.queue.add_after(key, float(rollout.interval_seconds))
+        decision = rollouts.decide(previous, spec, now, verdict, command, window_started)
+        recheck = rollouts.recheck_in(decision.state, now, rollout)
+        if recheck is not None:
+            self.queue.add_after(key, recheck)
         return decision
 
-    def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout) -> analysis.Verdict | None:
+    def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout, state: rollouts.RolloutState,
+                 now: dt.datetime) -> analysis.Verdict | None:
         """The verdict of the window that just ended; None when this is the first (the window starts now)."""
         namespace, name = snapshot.key
         try:
             if rollout.prometheus is not None:
+                source = "prometheus"
                 canary, stable = PrometheusQuery(rollout.prometheus.url).read(
-                    namespace, name, rollout.interval_seconds)
+                    namespace, name, rollouts.window_seconds(state, now, rollout))
             else:
+                source = "pods"
                 window = self.scraper.read(snapshot.key, snapshot.pods)
                 if window is None:
                     return None
@@ -334,9 +339,10 @@ class Controller:
         except (OSError, ValueError) as error:
             log.warning("rollout analysis of %s/%s could not read metrics: %s", namespace, name, error)
             return None
-        verdict = analysis.judge(canary, stable, rollouts.gates_of(rollout))
+        verdict = replace(analysis.judge(canary, stable, rollouts.gates_of(rollout)), source=source)
         self.verdicts[verdict.result] = self.verdicts.get(verdict.result, 0) + 1
-        log.info("rollout analysis of %s/%s: %s %s", namespace, name, verdict.result, verdict.message)
+        log.info("rollout analysis of %s/%s from %s: %s %s", namespace, name, source, verdict.result,
+                 verdict.message)
         return verdict
 
     def _namespace_going_away(self, namespace: str) -> None:
@@ -371,23 +377,32 @@ class Controller:
             self.api.delete(child.kind, child.namespace, child.name, child.uid)
         return Outcome(errors, applied)
 
-    def _write_status(self, snapshot: Snapshot, update: StatusUpdate) -> None:
+    def _write_status(self, snapshot: Snapshot, update: StatusUpdate) -> bool:
+        """Write the status only onto the object the decision was made from (resourceVersion precondition):
+        a `kubectl modeldeploy rollout ...` request written since would otherwise be replaced unseen.
+        False on such a conflict: the key is reconciled again from the newer object."""
         namespace, name = snapshot.key
+        read = snapshot.body["metadata"].get("resourceVersion")
         try:
-            self.api.patch_status(namespace, name, update.status)
+            written = self.api.patch_status(namespace, name, update.status, read)
         except KubeError as error:
             if error.status == 404:
-                return  # deleted meanwhile
+                return True  # deleted meanwhile
+            if error.status == 409:
+                log.info("status of %s/%s changed since it was read; deciding again", namespace, name)
+                return False
             raise
-        self.cache.record_status(snapshot.key, update.status)
+        self.cache.record_status(snapshot.key, update.status, (written.get("metadata") or {}).get("resourceVersion"),
+                                 read)
         for note in update.events:
             try:
                 self.api.post_event(snapshot.body, note.type, note.reason, note.message, self.identity)
             except KubeError as error:
                 if error.namespace_going_away:
                     self._namespace_going_away(namespace)
-                    return
+                    return True
                 log.warning("could not post event %s on %s/%s: %s", note.reason, namespace, name, error)
+        return True
 
 
 class Elector(Protocol):

@@ -140,10 +140,16 @@ class Kube:
             raise
         return str((found.get("metadata") or {}).get("uid", "")) or None
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        """Replace the status stanza through the status subresource only: spec is never written."""
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """Replace the status stanza through the status subresource only: spec is never written.
+
+        With `resource_version` the API server refuses the patch with 409 Conflict when the object changed
+        since then (a resourceVersion in the patched object is a precondition, as for an update)."""
         # "add" on an existing member replaces it (RFC 6902), and creates the stanza the first time.
-        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        patch: list[dict[str, Any]] = [{"op": "add", "path": "/status", "value": dict(status)}]
+        if resource_version:
+            patch.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version})
         return self.request(
             "PATCH", names.MODEL_DEPLOYMENT.path(namespace, name) + "/status", patch,
             content_type="application/json-patch+json",

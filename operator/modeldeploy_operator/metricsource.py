@@ -3,10 +3,10 @@
 `parse_exposition` (pure) turns one pod's Prometheus text into a cumulative `analysis.TrackSample`.
 `PodScraper` reads each ready pod of both tracks over HTTP and keeps, per ModelDeployment, the samples
 at the start of the current window in memory; when a window ends it returns the two tracks' increases.
-Kept in memory only: after an operator restart the first window starts anew (the rollout's step and
-timers are in status, so nothing else is lost). `PrometheusQuery` asks Prometheus for the same
-increases over the window with `increase(...[window])`, by the `track` label the chart's ServiceMonitor
-adds.
+Kept in memory only: an operator restarted mid-window counts from its start-up to the end of the
+window recorded in status (`status.rollout.analysisStartedAt`), so the verdicts keep their schedule.
+`PrometheusQuery` asks Prometheus for the same increases over the window with `increase(...[window])`,
+by the `track` label the chart's ServiceMonitor adds.
 """
 
 from __future__ import annotations
@@ -116,6 +116,13 @@ class PodScraper:
         if before is None:
             return None
         return _increase(before.canary, now.canary), _increase(before.stable, now.stable)
+
+    def begin(self, key: tuple[str, str], pods: Iterable[PodView]) -> None:
+        """Start counting now when no window is open for `key` (a restarted operator, mid-window)."""
+        with self._lock:
+            if key in self._baselines:
+                return
+        self.read(key, pods)
 
     def forget(self, key: tuple[str, str]) -> None:
         with self._lock:

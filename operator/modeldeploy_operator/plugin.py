@@ -7,8 +7,12 @@ Installed as the `kubectl-modeldeploy` executable, so kubectl finds it as a plug
                                                  # (only once the operator reports CanaryReady)
     kubectl modeldeploy rollback sentiment       # canary traffic to 0
     kubectl modeldeploy rollback sentiment --remove
+    kubectl modeldeploy rollout status sentiment # spec.rollout: phase, step, models, latest verdict
+    kubectl modeldeploy rollout pause|resume|abort|retry|promote sentiment
+                                                 # a request in status the operator acts on and clears
 
-Each write is a single JSON merge patch, exactly what `kubectl patch --type merge` would send
+Each write is a single JSON merge patch (the rollout requests through the status subresource, so the
+spec stays git's), exactly what `kubectl patch --type merge` would send
 (`--dry-run` prints that command instead of sending it), so the plugin never holds more power
 than the user's own RBAC and adds no hidden state.
 
@@ -464,6 +468,25 @@ def format_rollout(resource: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rollout_command_refusal(resource: Mapping[str, Any], action: str) -> str | None:
+    """Why ACTION would do nothing to this rollout now (the operator would clear it unseen), or None."""
+    state = (resource.get("status") or {}).get("rollout") or {}
+    phase = state.get("phase", "not started")
+    under_way = phase in ("Progressing", "Paused") and bool(state.get("canary"))
+    if action in ("pause", "abort", "promote") and not under_way:
+        return f"no rollout is under way (phase {phase})"
+    if action == "pause" and phase == "Paused":
+        return "it is already paused"
+    if action == "resume":
+        if phase != "Paused":
+            return f"it is not paused (phase {phase})"
+        if (resource.get("spec") or {}).get("rollout", {}).get("paused"):
+            return "spec.rollout.paused is true: set it to false where the spec is kept (git), not with a command"
+    if action == "retry" and not (phase == "RolledBack" and state.get("failed")):
+        return f"nothing was rolled back (phase {phase})"
+    return None
+
+
 def rollout_command_patch(action: str, now: datetime) -> JSONObject:
     """What `kubectl modeldeploy rollout ACTION` writes: a request in status the operator acts on and clears."""
     return {"status": {"rollout": {"command": {"action": action,
@@ -516,6 +539,9 @@ def run(args: argparse.Namespace) -> str:
         if args.action == "status":
             return format_rollout(resource)
         format_rollout(resource)  # refuses a resource without spec.rollout
+        refusal = rollout_command_refusal(resource, args.action)
+        if refusal:
+            raise PluginError(f"not sending {args.action} to {qualified_name(resource)}: {refusal}")
         api.patch_status(args.name, rollout_command_patch(args.action, datetime.now(UTC)))
         return f"{PLURAL}.{GROUP}/{args.name} rollout {args.action} requested\n"
 

@@ -116,6 +116,24 @@ def rolled_back_condition(state: rollouts.RolloutState, generation: int, previou
             else now}
 
 
+NO_ROUTER = "no routing backend (Istio or the Gateway API)"
+
+
+def approximation(routing: rollouts.Routing, status: Mapping[str, Any]) -> str | None:
+    """What the current step gets instead of what it asks for, when only the Service routes: None when the
+    step is honoured exactly (a router routes it, or the canary gets none or all of the requests)."""
+    if routing.canary is None or (status.get("routing") or {}).get("backend") != "None":
+        return None
+    if routing.mirror:
+        return (f"{NO_ROUTER}: this step's mirror {routing.mirror}% cannot be done, so the canary gets no requests "
+                "and its analysis stays inconclusive until the step changes or progressDeadline passes")
+    if not 0 < routing.weight < 100:
+        return None
+    share = (status.get("traffic") or {}).get("canary", 0)
+    return (f"{NO_ROUTER}: this step's weight {routing.weight}% is approximated by the ratio of ready replicas; "
+            f"the canary serves about {share}% of the requests")
+
+
 def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Outcome,
                 rollout: rollouts.Decision | None = None) -> StatusUpdate | None:
     """The status after acting on the plan (None when it would not change), and the Events to post."""
@@ -143,6 +161,9 @@ def next_status(snapshot: Snapshot, config: ServingConfig, now: str, outcome: Ou
     rollout_events: tuple[statuses.EventNote, ...] = ()
     if rollout is not None:
         status["rollout"] = rollout.state.to_status()
+        approximated = approximation(rollout.routing, status)
+        if approximated is not None:
+            status["rollout"]["approximation"] = approximated
         rolled_back = rolled_back_condition(rollout.state, snapshot.generation, snapshot.status, now)
         if rolled_back is not None:
             status["conditions"] = [*status.get("conditions", []), rolled_back]

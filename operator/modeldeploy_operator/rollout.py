@@ -63,6 +63,7 @@ class RolloutState:
     step_started_at: dt.datetime | None = None
     paused_at: dt.datetime | None = None
     paused_by_command: bool = False
+    analysis_started_at: dt.datetime | None = None  # when the current analysis window began
     consecutive_failures: int = 0
     last_verdict: Mapping[str, Any] | None = None
     failed: Mapping[str, str] | None = None  # the model rolled back: not tried again until retry
@@ -80,6 +81,7 @@ class RolloutState:
             "stepStartedAt": _text(self.step_started_at),
             "pausedAt": _text(self.paused_at),
             "pausedByCommand": self.paused_by_command or None,
+            "analysisStartedAt": _text(self.analysis_started_at),
             "lastVerdict": dict(self.last_verdict) if self.last_verdict is not None else None,
             "failed": dict(self.failed) if self.failed is not None else None,
             "failedGate": self.failed_gate,
@@ -99,12 +101,18 @@ class RolloutState:
             step_started_at=_time(status.get("stepStartedAt")),
             paused_at=_time(status.get("pausedAt")),
             paused_by_command=bool(status.get("pausedByCommand", False)),
+            analysis_started_at=_time(status.get("analysisStartedAt")),
             consecutive_failures=int(status.get("consecutiveFailures", 0)),
             last_verdict=status.get("lastVerdict"),
             failed=dict(status["failed"]) if status.get("failed") else None,
             failed_gate=status.get("failedGate"),
             message=str(status.get("message", "")),
         )
+
+    @property
+    def judged(self) -> bool:
+        """A canary is live at a step and judged every interval (not paused, not rolled back)."""
+        return self.phase == "Progressing" and self.canary is not None
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ def _verdict_record(verdict: analysis.Verdict, now: dt.datetime) -> dict[str, An
                               "measured": {k: str(v) for k, v in verdict.measured().items()}}
     if verdict.gate:
         record["gate"] = verdict.gate
+    if verdict.source:
+        record["source"] = verdict.source
     return record
 
 
@@ -196,9 +206,29 @@ def decide(
     now: dt.datetime,
     verdict: analysis.Verdict | None = None,
     command: Command | None = None,
+    window_started: dt.datetime | None = None,
 ) -> Decision:
-    """One step of the machine. `verdict` is the analysis of the window that just ended (None: none due);
-    `command` an imperative request from `kubectl modeldeploy rollout ...` (read from status)."""
+    """One step of the machine. `verdict` is the analysis of the window that just ended (None: none due, or
+    the first window); `command` an imperative request from `kubectl modeldeploy rollout ...` (read from
+    status); `window_started` when the next analysis window began (given whenever an analysis was due).
+
+    The window's start is kept in status, so a restarted operator judges on the same schedule."""
+    decision = _decide(previous, spec, now, verdict, command)
+    state = decision.state
+    if not state.judged:
+        state = replace(state, analysis_started_at=None)  # paused or over: the next window starts on resume
+    elif decision.analyse and window_started is not None:
+        state = replace(state, analysis_started_at=window_started)
+    return replace(decision, state=state)
+
+
+def _decide(
+    previous: RolloutState | None,
+    spec: specs.ModelDeploymentSpec,
+    now: dt.datetime,
+    verdict: analysis.Verdict | None,
+    command: Command | None,
+) -> Decision:
     rollout = spec.rollout
     desired = model_key(spec.model)
     if rollout is None:
@@ -300,3 +330,27 @@ def _step_text(step: specs.RolloutStep) -> str:
 def analysis_due(last_analysis: dt.datetime | None, now: dt.datetime, rollout: specs.Rollout) -> bool:
     """Whether an analysis interval has ended since the last verdict."""
     return last_analysis is None or (now - last_analysis).total_seconds() >= rollout.interval_seconds
+
+
+def window_seconds(state: RolloutState, now: dt.datetime, rollout: specs.Rollout) -> int:
+    """How long the window that ends now lasted: at least an interval (a query's range), more when the
+    operator was down past its end (the whole window since it began is judged, none of it is lost)."""
+    if state.analysis_started_at is None:
+        return rollout.interval_seconds
+    return max(rollout.interval_seconds, int((now - state.analysis_started_at).total_seconds()))
+
+
+MIN_RECHECK_SECONDS = 1.0
+
+
+def recheck_in(state: RolloutState, now: dt.datetime, rollout: specs.Rollout) -> float | None:
+    """When to look at the rollout again without any event: at the end of the current analysis window
+    (its start is in status, so this holds across restarts); None once nothing is under way."""
+    if state.judged:
+        if state.analysis_started_at is None:
+            return MIN_RECHECK_SECONDS
+        ends = state.analysis_started_at + dt.timedelta(seconds=rollout.interval_seconds)
+        return max(MIN_RECHECK_SECONDS, (ends - now).total_seconds())
+    if state.phase == "Paused":
+        return float(rollout.interval_seconds)
+    return None

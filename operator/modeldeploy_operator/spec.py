@@ -816,6 +816,9 @@ class Verdict(_Model):
     at: str = Field(description="When the window ended (RFC 3339).", json_schema_extra={"format": "date-time"})
     measured: dict[str, str] | None = Field(default=None, description="Every gate's numbers.",
                                             json_schema_extra={"maxProperties": 64})
+    source: Literal["pods", "prometheus"] | None = Field(
+        default=None, description="Where the numbers came from: the serving pods' /metrics, or "
+        "spec.rollout.prometheus.")
 
 
 class RolloutCommand(_Model):
@@ -840,6 +843,9 @@ class RolloutStatus(_Model):
     step_started_at: str | None = Field(default=None, description="When the current step began (RFC 3339).")
     paused_at: str | None = Field(default=None, description="When it was paused (RFC 3339).")
     paused_by_command: bool | None = Field(default=None, description="Paused by `kubectl modeldeploy rollout pause`.")
+    analysis_started_at: str | None = Field(
+        default=None, description="When the current analysis window began (RFC 3339): a restarted operator judges "
+        "on the same schedule.")
     consecutive_failures: int | None = Field(default=None, description="Failed analyses in a row.")
     last_verdict: Verdict | None = Field(default=None, description="The latest analysis.")
     failed: ModelKey | None = Field(default=None, description="The model rolled back: not tried again until "
@@ -848,6 +854,10 @@ class RolloutStatus(_Model):
                                     "progressDeadline or aborted.")
     message: str | None = Field(default=None, max_length=32768, description="What the rollout is doing, for people.")
     command: RolloutCommand | None = Field(default=None, description="A request not yet acted on.")
+    approximation: str | None = Field(
+        default=None, max_length=4096, description="Set while a step cannot be honoured exactly: without a routing "
+        "backend (Istio or the Gateway API) a weight is approximated by the ratio of ready replicas, and a mirror "
+        "step sends the canary nothing.")
 
 
 class ModelDeploymentStatus(_Model):

@@ -380,7 +380,7 @@ def _service_only(obs: Observation, split: Mapping[str, int]) -> _Cond:
         message = (f"spec.routing.backend is {wanted} but {ROUTER_APIS[wanted]} is not installed: nothing is "
                    "written until its CRDs are; meanwhile requests are routed by the Service alone")
     if obs.spec.canary is not None and 0 < obs.spec.canary_weight < 100:
-        message += (f"; the canary gets {split['canary']}% of the ready pods' share instead of the requested "
+        message += (f"; the canary gets {split['canary']}% (the ratio of ready replicas) instead of the requested "
                     f"{obs.spec.canary_weight}% (Istio or the Gateway API give exact weights)")
     unmet = [what for what, wanted_it in (("header matches", obs.spec.canary_headers),
                                           ("mirroring", obs.spec.mirror_percent)) if wanted_it]

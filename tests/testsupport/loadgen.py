@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from testsupport.realpods import HEAVY_REQUEST, post_infer
 
@@ -23,22 +24,24 @@ class Load:
     urls: Callable[[], list[str]]
     name: str
     clients: int
+    body: dict[str, Any] = field(default_factory=lambda: HEAVY_REQUEST)
+    gap: float = 0.0  # seconds each client waits between two requests: a steady trickle instead of a flood
+    limit: float = LOAD_LIMIT_S  # it stops by itself after this many seconds
     statuses: dict[int, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Load:
-        deadline = time.monotonic() + LOAD_LIMIT_S
+        deadline = time.monotonic() + self.limit
         for index in range(self.clients):
             def client(index: int = index) -> None:
                 while not self._stop.is_set() and time.monotonic() < deadline:
                     targets = self.urls()
-                    status = post_infer(targets[index % len(targets)], self.name, HEAVY_REQUEST)
+                    status = post_infer(targets[index % len(targets)], self.name, self.body)
                     with self._lock:
                         self.statuses[status] = self.statuses.get(status, 0) + 1
-                    if status != 200:
-                        time.sleep(0.2)
+                    self._stop.wait(self.gap if status == 200 else max(self.gap, 0.2))
             thread = threading.Thread(target=client, daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -6,6 +6,7 @@ Everything is polled with bounded deadlines, and every timeout carries the opera
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -133,6 +134,23 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{self.logs()}")
             time.sleep(0.2)
+
+    def modeldeploy(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`kubectl modeldeploy ARGS -n NAMESPACE` as users type it: kubectl finds the installed plugin on PATH
+        and runs it with the cluster's kubeconfig (an administrator's, as a user's would be)."""
+        env = {**self.cluster.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{self.cluster.env['PATH']}"}
+        done = subprocess.run([str(self.cluster.bin_dir / "kubectl"), "modeldeploy", *args, "-n", self.namespace],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl modeldeploy {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    def event_reasons(self, name: str = "sentiment") -> list[str]:
+        """The reasons of the Events on a ModelDeployment, oldest first."""
+        selector = f"involvedObject.kind=ModelDeployment,involvedObject.name={name}"
+        found = self.get("events", "--field-selector", selector)
+        items = sorted(found["items"], key=lambda e: e.get("eventTime") or e.get("lastTimestamp") or "")
+        return [str(e.get("reason")) for e in items]
 
     def md(self, name: str = "sentiment") -> dict[str, Any]:
         return self.get("modeldeployment", name)

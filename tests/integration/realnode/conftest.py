@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import localcluster
+from localkube.metrics import MetricsStack
 from testsupport.operator_harness import install_crd
 from testsupport.realpods import Serving, operator_with_claim
 
@@ -27,3 +28,22 @@ def serving(real_cluster: Cluster, real_namespace: str, real_crds: None, real_im
     with operator_with_claim(real_cluster, real_namespace, tmp_path,
                              MODELDEPLOY_SERVER_IMAGE=real_images["server"]) as (harness, models):
         yield Serving(harness, models, real_images)
+
+
+@pytest.fixture(scope="session")
+def metrics_stack(real_cluster: Cluster) -> Iterator[MetricsStack]:
+    """metrics-server, started once per session; Prometheus and KEDA join through `keda`."""
+    stack = MetricsStack(real_cluster, real_cluster.workdir / "metrics")
+    try:
+        stack.start_metrics_server()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(metrics_stack: MetricsStack) -> MetricsStack:
+    """Prometheus scraping the serving pods, and KEDA's CRDs (KEDA itself joins through `keda`)."""
+    metrics_stack.start_prometheus()
+    metrics_stack.install_keda_crds()
+    return metrics_stack

@@ -29,25 +29,6 @@ MODEL = "heavy/model.onnx"
 SCALE_TIMEOUT_S = 150.0
 
 
-@pytest.fixture(scope="session")
-def metrics_stack(real_cluster: Cluster) -> Iterator[MetricsStack]:
-    """metrics-server, started once per session; Prometheus and KEDA join through `keda`."""
-    stack = MetricsStack(real_cluster, real_cluster.workdir / "metrics")
-    try:
-        stack.start_metrics_server()
-        yield stack
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="session")
-def prometheus(metrics_stack: MetricsStack) -> MetricsStack:
-    """Prometheus scraping the serving pods, and KEDA's CRDs (KEDA itself joins through `keda`)."""
-    metrics_stack.start_prometheus()
-    metrics_stack.install_keda_crds()
-    return metrics_stack
-
-
 # The tests that need KEDA running are opt-in until they have passed on this machine's kind: KEDA's
 # operator takes long to build here, and these three have not yet run end to end.
 needs_keda = pytest.mark.skipif(

@@ -30,6 +30,36 @@ def test_resource_needs_reconcile_on_new_spec_or_foreign_status_only() -> None:
     assert cache.observe_resource(resource(2, {}))
 
 
+def test_our_status_write_moves_the_cached_resource_version() -> None:
+    """The next status write is conditional on the resourceVersion our own write made, not the one before."""
+    cache = WatchCache()
+    body = resource(1)
+    body["metadata"]["resourceVersion"] = "10"
+    cache.observe_resource(body)
+    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1}, "11")
+    snapshot = cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None
+    assert (snapshot.body["metadata"]["resourceVersion"], snapshot.status) == ("11", {"observedGeneration": 1})
+    assert body["metadata"]["resourceVersion"] == "10"  # what the watch delivered is not edited in place
+
+
+def test_a_newer_version_seen_while_our_write_was_in_flight_is_kept() -> None:
+    """Written over version 10, but the watch has meanwhile delivered 12 (a rollout command written after
+    ours): recording ours would hide the command and make every later write conflict."""
+    cache = WatchCache()
+    body = resource(1, {"observedGeneration": 1})
+    body["metadata"]["resourceVersion"] = "12"
+    body["status"]["rollout"] = {"command": {"action": "pause"}}
+    cache.observe_resource(body)
+    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1}, "11", written_over="10")
+    snapshot = cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None and snapshot.body["metadata"]["resourceVersion"] == "12"
+    assert snapshot.status == body["status"]
+    cache.record_status(("ml", "sentiment"), {"observedGeneration": 2}, "13", written_over="12")
+    snapshot = cache.snapshot(("ml", "sentiment"))
+    assert snapshot is not None and snapshot.status == {"observedGeneration": 2}
+
+
 def deployment_body(managers: list[dict[str, Any]], replicas: int = 2) -> dict[str, Any]:
     return {"kind": "Deployment",
             "metadata": {"name": "sentiment-stable", "namespace": "ml", "uid": "d1",

@@ -216,7 +216,8 @@ class FakeApi:
         self.deleted.append(f"{kind.kind}/{name}")
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
         self.statuses.append(dict(status))
         return {}
 

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from modeldeploy_operator import analysis
-from modeldeploy_operator.rollout import Decision, RolloutState, Routing, analysis_due, decide, gates_of
+from modeldeploy_operator.rollout import (
+    Decision,
+    RolloutState,
+    Routing,
+    analysis_due,
+    decide,
+    gates_of,
+    recheck_in,
+    window_seconds,
+)
 from modeldeploy_operator.spec import parse_spec
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -225,3 +234,79 @@ def test_children_are_built_from_the_rollouts_routing_not_the_spec() -> None:
     assert built.canary is not None and built.canary.source.path == "v2.onnx"
     assert (built.canary_weight, built.mirror_percent) == (10, 0)
     assert spec().model.path == "v2.onnx"  # the user's spec is untouched
+
+
+def test_the_analysis_window_is_recorded_in_status_and_survives_a_restart() -> None:
+    first = decide(started().state, spec(), at(5), None, window_started=at(5))  # the first window begins
+    assert first.state.to_status()["analysisStartedAt"] == "2026-01-01T12:00:05Z"
+    judged = decide(first.state, spec(), at(65), PASS, window_started=at(65))
+    assert judged.state.analysis_started_at == at(65)
+    # A reconcile between analyses (any event) keeps the window; so does a process reading status anew.
+    between = decide(RolloutState.from_status(judged.state.to_status()), spec(), at(90))
+    assert between.state.analysis_started_at == at(65)
+    rollout = spec(analysisInterval="1m").rollout
+    assert rollout is not None
+    assert recheck_in(between.state, at(90), rollout) == 35.0  # at the window's end, 60 s after it began
+    assert analysis_due(between.state.analysis_started_at, at(124), rollout) is False
+    assert analysis_due(between.state.analysis_started_at, at(125), rollout) is True
+
+
+def test_the_window_closes_while_paused_and_a_new_one_starts_on_resume() -> None:
+    running = decide(started().state, spec(), at(5), None, window_started=at(5))
+    paused = decide(running.state, spec(), at(20), command="pause")
+    assert paused.state.analysis_started_at is None and "analysisStartedAt" not in paused.state.to_status()
+    rollout = spec().rollout
+    assert rollout is not None
+    assert recheck_in(paused.state, at(20), rollout) == float(rollout.interval_seconds)
+    resumed = decide(paused.state, spec(), at(40), command="resume")
+    assert (resumed.state.phase, resumed.state.analysis_started_at) == ("Progressing", None)
+    assert recheck_in(resumed.state, at(40), rollout) == 1.0  # judged again at once: the new window opens
+
+
+def test_no_window_is_recorded_for_a_rollout_that_ended_or_was_replaced() -> None:
+    running = decide(started().state, spec(), at(5), None, window_started=at(5))
+    aborted = decide(running.state, spec(), at(10), None, "abort", window_started=at(10))
+    assert aborted.state.analysis_started_at is None
+    rollout = spec().rollout
+    assert rollout is not None
+    assert recheck_in(aborted.state, at(10), rollout) is None
+    superseded = decide(running.state, spec(V3), at(10), PASS, window_started=at(10))
+    assert (superseded.state.canary, superseded.state.analysis_started_at) == (V3, None)
+
+
+def test_a_window_that_outlived_the_operator_is_judged_whole() -> None:
+    rollout = spec(analysisInterval="1m").rollout
+    assert rollout is not None
+    state = RolloutState(phase="Progressing", stable=V1, canary=V2, analysis_started_at=at(0))
+    assert window_seconds(state, at(60), rollout) == 60
+    assert window_seconds(state, at(200), rollout) == 200  # down past the window's end: none of it is lost
+    assert window_seconds(RolloutState(stable=V1), at(200), rollout) == 60
+
+
+def test_the_verdict_says_where_its_numbers_came_from() -> None:
+    from dataclasses import replace
+
+    d = decide(started().state, spec(), at(60), replace(PASS, source="prometheus"), window_started=at(60))
+    assert d.state.to_status()["lastVerdict"]["source"] == "prometheus"
+    assert "source" not in run(started(), (60, PASS)).state.to_status()["lastVerdict"]
+
+
+@pytest.mark.parametrize(("routing", "status", "says"), [
+    (Routing(V1, V2, weight=10), {"routing": {"backend": "None"}, "traffic": {"stable": 50, "canary": 50}},
+     "weight 10% is approximated by the ratio of ready replicas; the canary serves about 50% of the requests"),
+    (Routing(V1, V2, mirror=50), {"routing": {"backend": "None"}},
+     "mirror 50% cannot be done, so the canary gets no requests"),
+    (Routing(V1, V2, weight=10), {"routing": {"backend": "GatewayAPI"}}, None),
+    (Routing(V1, V2, weight=100), {"routing": {"backend": "None"}}, None),
+    (Routing(V1), {"routing": {"backend": "None"}}, None),
+])
+def test_status_names_the_approximation_without_a_router(routing: Routing, status: dict[str, Any],
+                                                         says: str | None) -> None:
+    from modeldeploy_operator.reconcile import approximation
+
+    found = approximation(routing, status)
+    if says is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith("no routing backend (Istio or the Gateway API): ")
+        assert says in found

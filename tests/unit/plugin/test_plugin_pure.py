@@ -427,3 +427,34 @@ def test_rollout_commands_need_a_rollout_and_go_through_status() -> None:
         plugin.format_rollout({"metadata": {"name": "a", "namespace": "b"}, "spec": {"model": {}}})
     assert plugin.rollout_command_patch("pause", datetime(2026, 1, 1, tzinfo=UTC)) == {
         "status": {"rollout": {"command": {"action": "pause", "requestedAt": "2026-01-01T00:00:00Z"}}}}
+
+
+def rollout_resource(phase: str, state: dict[str, Any] | None = None, paused_in_spec: bool = False) -> dict[str, Any]:
+    rollout: dict[str, Any] = {"steps": [{"weight": 10}], **({"paused": True} if paused_in_spec else {})}
+    return {"metadata": {"name": "a", "namespace": "b"}, "spec": {"model": {}, "rollout": rollout},
+            "status": {"rollout": {"phase": phase, **(state or {})}}}
+
+
+CANARY = {"canary": {"pvc": "models", "path": "v2.onnx"}}
+
+
+@pytest.mark.parametrize(("resource", "action", "refusal"), [
+    (rollout_resource("Progressing", CANARY), "pause", None),
+    (rollout_resource("Progressing", CANARY), "abort", None),
+    (rollout_resource("Paused", CANARY), "promote", None),
+    (rollout_resource("Paused", {**CANARY, "pausedByCommand": True}), "resume", None),
+    (rollout_resource("RolledBack", {"failed": {"pvc": "models", "path": "v2.onnx"}}), "retry", None),
+    (rollout_resource("Healthy"), "pause", "no rollout is under way (phase Healthy)"),
+    (rollout_resource("RolledBack"), "promote", "no rollout is under way (phase RolledBack)"),
+    (rollout_resource("Paused", CANARY), "pause", "it is already paused"),
+    (rollout_resource("Progressing", CANARY), "resume", "it is not paused (phase Progressing)"),
+    (rollout_resource("Paused", CANARY, paused_in_spec=True), "resume", "spec.rollout.paused is true"),
+    (rollout_resource("Healthy"), "retry", "nothing was rolled back (phase Healthy)"),
+])
+def test_rollout_commands_that_would_do_nothing_are_refused(resource: dict[str, Any], action: str,
+                                                            refusal: str | None) -> None:
+    found = plugin.rollout_command_refusal(resource, action)
+    if refusal is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(refusal)
