@@ -26,6 +26,7 @@ from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
 from modeldeploy_operator.builders import SERVER_PORT, Routers
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
+from modeldeploy_operator.metrics import OperatorMetrics, ReconcileResult
 from modeldeploy_operator.metricsource import PodScraper, PrometheusQuery
 from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children, with_rollout
 from modeldeploy_operator.workqueue import WorkQueue
@@ -54,6 +55,8 @@ class Controller:
         self.scraper = PodScraper(SERVER_PORT)
         self._last_analysis: dict[Key, dt.datetime] = {}  # when each rollout's current window began
         self.verdicts: dict[str, int] = {}  # analysis results, for the operator's own metrics
+        self._window_began: dict[Key, float] = {}  # monotonic start of each rollout's current window
+        self.metrics = OperatorMetrics(queue_depth=lambda: len(self.queue), leading=self.leading.is_set)
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
 
@@ -169,13 +172,18 @@ class Controller:
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
+            result: ReconcileResult | None = "error"
+            started = time.monotonic()
             try:
                 if not self.leading.is_set():
+                    result = None
                     continue  # lost the lease: the process is about to exit, touch nothing
                 if self.reconcile(key):
                     self.queue.forget(key)
+                    result = "success"
                 else:
                     self.queue.retry(key)  # e.g. RBAC, quota or a webhook refused: look again, with backoff
+                    result = "failed"
             except KubeError as error:
                 delay = self.queue.retry(key)
                 log.warning("reconcile %s/%s failed, retrying in %.1fs: %s", *key, delay, error)
@@ -184,6 +192,8 @@ class Controller:
                 log.exception("reconcile %s/%s crashed, retrying in %.1fs", *key, delay)
             finally:
                 self.queue.done(key)
+                if result is not None:
+                    self.metrics.reconciled(result, time.monotonic() - started)
 
     def _resync(self) -> None:
         """Periodic safety net for anything a watch might have missed; cheap when nothing changed."""
@@ -277,6 +287,7 @@ class Controller:
         """Converge one resource; False when some child could not be applied (the status says why)."""
         snapshot = self.cache.snapshot(key)
         if snapshot is None or snapshot.deleting or self.cache.namespace_terminating(key[0]):
+            self.metrics.forget_rollout(key)
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
         decision = None
@@ -286,6 +297,7 @@ class Controller:
         else:
             self._last_analysis.pop(key, None)
             self.scraper.forget(key)
+            self.metrics.forget_rollout(key)
         plan = plan_children(snapshot, self.serving)
         if plan.apply and snapshot.vanished and not self._owner_confirmed(snapshot):
             return True
@@ -295,6 +307,8 @@ class Controller:
         update = next_status(snapshot, self.serving, now_rfc3339(), outcome, decision)
         if update is not None:
             self._write_status(snapshot, update)
+        if decision is not None:
+            self.metrics.rollout_decided(key, decision)
         return not outcome.errors
 
     def _rollout(self, snapshot: Snapshot, spec: specs.ModelDeploymentSpec, rollout: specs.Rollout
@@ -310,18 +324,24 @@ class Controller:
         live = previous is not None and previous.phase == "Progressing" and previous.canary is not None
         if live and rollouts.analysis_due(self._last_analysis.get(key), now, rollout):
             self._last_analysis[key] = now
-            verdict = self._analyse(snapshot, rollout)
+            window_began = self._window_began.get(key)
+            self._window_began[key] = time.monotonic()
+            verdict = self._analyse(snapshot, rollout, window_began)
         elif not live:
             self._last_analysis.pop(key, None)
+            self._window_began.pop(key, None)
             self.scraper.forget(key)
         decision = rollouts.decide(previous, spec, now, verdict, command)
         if decision.state.phase in ("Progressing", "Paused"):
             self.queue.add_after(key, float(rollout.interval_seconds))
         return decision
 
-    def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout) -> analysis.Verdict | None:
-        """The verdict of the window that just ended; None when this is the first (the window starts now)."""
+    def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout, window_began: float | None
+                 ) -> analysis.Verdict | None:
+        """The verdict of the window that just ended; None when this is the first (the window starts now).
+        `window_began` (monotonic) tells the metrics how late after the interval's end the verdict came."""
         namespace, name = snapshot.key
+        started = time.monotonic()
         try:
             if rollout.prometheus is not None:
                 canary, stable = PrometheusQuery(rollout.prometheus.url).read(
@@ -336,7 +356,11 @@ class Controller:
             return None
         verdict = analysis.judge(canary, stable, rollouts.gates_of(rollout))
         self.verdicts[verdict.result] = self.verdicts.get(verdict.result, 0) + 1
-        log.info("rollout analysis of %s/%s: %s %s", namespace, name, verdict.result, verdict.message)
+        done = time.monotonic()
+        late = None if window_began is None else done - (window_began + rollout.interval_seconds)
+        self.metrics.analysed(verdict, done - started, late)
+        log.info("rollout analysis of %s/%s: %s %s%s", namespace, name, verdict.result, verdict.message,
+                 "" if late is None else f" ({max(0.0, late):.3f}s after the interval ended)")
         return verdict
 
     def _namespace_going_away(self, namespace: str) -> None:
