@@ -56,7 +56,8 @@ class Controller:
         self._last_analysis: dict[Key, dt.datetime] = {}  # when each rollout's current window began
         self.verdicts: dict[str, int] = {}  # analysis results, for the operator's own metrics
         self._window_began: dict[Key, float] = {}  # monotonic start of each rollout's current window
-        self.metrics = OperatorMetrics(queue_depth=lambda: len(self.queue), leading=self.leading.is_set)
+        self.metrics = OperatorMetrics(queue_depth=lambda: len(self.queue), leading=self.leading.is_set,
+                                       resources=self.cache.resource_keys)
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
 

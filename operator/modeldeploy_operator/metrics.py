@@ -96,11 +96,12 @@ class _StateCollector(Collector):
 class OperatorMetrics:
     """The operator's metrics; the controller calls the recording methods, `serve` exposes them."""
 
-    def __init__(self, queue_depth: Callable[[], int] = lambda: 0,
-                 leading: Callable[[], bool] = lambda: False, process: bool = True) -> None:
+    def __init__(self, queue_depth: Callable[[], int] = lambda: 0, leading: Callable[[], bool] = lambda: False,
+                 resources: Callable[[], Iterable[Key]] | None = None, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.queue_depth = queue_depth
         self.leading = leading
+        self._resources = resources  # the ModelDeployments that exist (a deleted one is never reconciled again)
         self._rollouts: dict[Key, RolloutView] = {}
         self._lock = threading.Lock()
         registry = self.registry
@@ -163,7 +164,12 @@ class OperatorMetrics:
     # Reading -------------------------------------------------------------------------------------------------
 
     def rollout_views(self) -> Mapping[Key, RolloutView]:
+        """The rollouts of the ModelDeployments that still exist."""
+        present = set(self._resources()) if self._resources is not None else None
         with self._lock:
+            if present is not None:
+                for key in [key for key in self._rollouts if key not in present]:
+                    del self._rollouts[key]
             return dict(self._rollouts)
 
     def render(self) -> bytes:

@@ -77,6 +77,7 @@ def test_the_operators_own_metrics_are_scraped_like_the_serving_pods(bin_dir: Pa
     monitor = next(doc for doc in docs if doc["metadata"]["name"] == "md-modeldeploy-operator")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True  # the rollouts' own namespace label wins
     # 0 switches it all off.
     docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0")
     assert not [doc for doc in docs if doc["kind"] == "Service"]
