@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import localcluster
 import routing_crds
 from localcluster import wait_for
+from modeldeploy_operator import analysis
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modeldeployments.yaml"
@@ -92,24 +93,38 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
+def waiting_for_cpu_seconds(pid: int) -> float:
+    """Time the process' threads were runnable but waited for a CPU (schedstat: run-queue wait), summed."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def cpu_seconds(pid: int) -> float:
     parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler(threading.Thread):
-    """RSS every second and CPU over 10-second windows, of one process."""
+    """RSS every second, CPU over 10-second windows, and the work queue's depth (from the operator's own
+    /metrics) every 5 seconds, of one operator process."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, metrics_port: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.metrics_port = metrics_port
         self.rss_mb: list[float] = []
         self.cpu_windows: list[float] = []
+        self.queue_depths: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         last_cpu, last_time = cpu_seconds(self.pid), time.monotonic()
+        ticks = 0
         while not self.stop.wait(1.0):
+            ticks += 1
             with contextlib.suppress(OSError, KeyError):
                 self.rss_mb.append(proc_status(self.pid)["VmRSS"] / 1024)
                 now = time.monotonic()
@@ -117,6 +132,9 @@ class Sampler(threading.Thread):
                     cpu = cpu_seconds(self.pid)
                     self.cpu_windows.append((cpu - last_cpu) / (now - last_time))
                     last_cpu, last_time = cpu, now
+                if ticks % 5 == 0:
+                    depth = operator_metrics(self.metrics_port)[("modeldeploy_operator_workqueue_depth", ())]
+                    self.queue_depths.append(depth)
 
 
 def operator_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -124,6 +142,15 @@ def operator_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def quantile(exported: dict[tuple[str, tuple[tuple[str, str], ...]], float], histogram: str, q: float
+             ) -> float | None:
+    """A quantile of one of the operator's histograms, interpolated as PromQL's histogram_quantile."""
+    buckets = {float(dict(labels)["le"]): value for (name, labels), value in exported.items()
+               if name == f"{histogram}_bucket"}
+    found = analysis.histogram_quantile(q, buckets)
+    return None if found is None else round(found, 3)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -182,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         with log_path.open("wb") as log:
             operator = subprocess.Popen([sys.executable, "-m", "modeldeploy_operator", "--namespace", NAMESPACE],
                                         stdout=log, stderr=subprocess.STDOUT, env=env)
-        sampler = Sampler(operator.pid)
+        sampler = Sampler(operator.pid, metrics_port)
         result: dict[str, Any] = {}
         try:
             pool = concurrent.futures.ThreadPoolExecutor(8)
@@ -217,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sampler.start()
             cpu_start, started = cpu_seconds(operator.pid), time.monotonic()
+            waited_start = waiting_for_cpu_seconds(operator.pid)
             list(pool.map(lambda n: custom.patch_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, PLURAL, n, {"spec": {"model": {"path": f"{n}/v2/model.onnx"}}}), names))
             patched = time.monotonic() - started
@@ -240,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)
             elapsed = time.monotonic() - started
             cpu = cpu_seconds(operator.pid) - cpu_start
+            waited = waiting_for_cpu_seconds(operator.pid) - waited_start
             sampler.stop.set()
             memory = proc_status(operator.pid)
             exported = operator_metrics(metrics_port)
@@ -272,7 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         "delay_p50_s": round(statistics.median(lates), 3), "delay_p95_s": round(percentile(lates, 95), 3),
         "delay_p99_s": round(percentile(lates, 99), 3), "delay_max_s": round(max(lates), 3),
         "verdicts_timed": len(lates), "within_2s_share": round(within / observed, 4) if observed else None,
-        "cpu_mean_cores": round(cpu / elapsed, 3), "cpu_max_10s_cores": round(max(sampler.cpu_windows or [0.0]), 3),
+        "reconciles": {dict(labels)["result"]: value for (name, labels), value in exported.items()
+                       if name == "modeldeploy_operator_reconciles_total"},
+        "reconcile_p50_s": quantile(exported, "modeldeploy_operator_reconcile_duration_seconds", 0.5),
+        "reconcile_p99_s": quantile(exported, "modeldeploy_operator_reconcile_duration_seconds", 0.99),
+        "analysis_duration_p50_s": quantile(exported, "modeldeploy_operator_analysis_duration_seconds", 0.5),
+        "analysis_duration_p99_s": quantile(exported, "modeldeploy_operator_analysis_duration_seconds", 0.99),
+        "queue_depth_max": max(sampler.queue_depths or [0.0]),
+        "queue_depth_mean": round(statistics.mean(sampler.queue_depths or [0.0]), 1),
+        "cpu_mean_cores": round(cpu / elapsed, 3),
+        "runnable_waiting_for_cpu_share": round(waited / elapsed, 3),
+        "cpu_max_10s_cores": round(max(sampler.cpu_windows or [0.0]), 3),
         "rss_before_mb": round(rss_before, 1), "rss_max_mb": round(max(sampler.rss_mb or [0.0]), 1),
         "peak_rss_mb": round(memory["VmHWM"] / 1024, 1), "load_average": os.getloadavg(),
     }

@@ -5,7 +5,8 @@ pods), each address with its own registry built by the real server's `modeldeplo
 
 It is a stand-in, not a serving server: no model runs. Each address that has been scraped once gets a
 steady synthetic load (requests by outcome, latency, batch sizes, queue wait, one input's statistics,
-one real-valued output's histogram, 8 values per request) recorded through the same metric objects the server records into.
+one real-valued output's histogram, 8 values per request) recorded through the same metric objects the
+server records into.
 A JSON line on stdin, ``{"ip": "...", "error_rate": 0.3}``, makes an address a bad version.
 
     python benchmarks/operator/metrics_standin.py --cidr 127.77.0.0/24 [--cidr ...] [--port 8080]

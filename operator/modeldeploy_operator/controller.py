@@ -334,8 +334,16 @@ class Controller:
             self.scraper.forget(key)
         decision = rollouts.decide(previous, spec, now, verdict, command)
         if decision.state.phase in ("Progressing", "Paused"):
-            self.queue.add_after(key, float(rollout.interval_seconds))
+            self.queue.add_after(key, self._until_window_ends(key, rollout))
         return decision
+
+    def _until_window_ends(self, key: Key, rollout: specs.Rollout) -> float:
+        """When to look again: at the end of the current analysis window, not an interval after this reconcile
+        (which would add each analysis' own time, and any wait for a worker, to the next window)."""
+        began = self._window_began.get(key)
+        if began is None:
+            return float(rollout.interval_seconds)
+        return max(0.05, began + rollout.interval_seconds - time.monotonic())
 
     def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout, window_began: float | None
                  ) -> analysis.Verdict | None:
