@@ -42,16 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+from bench_operator import bench_namespace, install_crds
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 import localcluster
-import routing_crds
 from localcluster import wait_for
 from modeldeploy_operator import analysis
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "modeldeployments.yaml"
 STAND_IN = Path(__file__).resolve().parent / "metrics_standin.py"
 NAMESPACE = "modeldeploy-bench-rollouts"
 GROUP, VERSION, PLURAL = "modeldeploy.dev", "v1alpha1", "modeldeployments"
@@ -171,22 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = set(names[:: max(1, args.count // args.bad)][: args.bad]) if args.bad else set()
 
     with localcluster.local_cluster() as cluster:
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
-                        "-f", str(routing_crds.istio_crds()))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modeldeployments.modeldeploy.dev", "crd/virtualservices.networking.istio.io",
-                        "crd/destinationrules.networking.istio.io")
+        install_crds(cluster)
         bench_nodes(cluster)
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                     "resources": {"requests": {"storage": "1Gi"}}}}))
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-models"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                     "hostPath": {"path": "/tmp/modeldeploy-bench"},  # kwok never mounts it
-                     "claimRef": {"namespace": NAMESPACE, "name": "models"}}}))
+        bench_namespace(cluster, NAMESPACE)
 
         configuration = client.Configuration()
         kubernetes.config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
