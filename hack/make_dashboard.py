@@ -1,8 +1,10 @@
-"""Writes charts/modeldeploy/files/grafana-dashboard.json: the serving metrics per ModelDeployment and track.
+"""Writes charts/modeldeploy/files/grafana-dashboard.json: the serving metrics per ModelDeployment and track,
+then a row for the rollouts and a row for the operator itself.
 
-The JSON is generated so that every panel follows the same pattern (one query, grouped by the
-``modeldeployment`` and ``track`` labels that the chart's ServiceMonitor adds); a test regenerates
-and compares it.
+The JSON is generated so that every panel follows the same pattern (one query; the serving panels grouped
+by the ``modeldeployment`` and ``track`` labels that the chart's ServiceMonitor adds); a test regenerates
+and compares it, and another checks that every metric a query names is one the server or the operator
+exports.
 """
 
 from __future__ import annotations
@@ -101,16 +103,117 @@ PANELS: list[tuple[str, str, str, str]] = [
 ]
 
 
-def panel(index: int, title: str, unit: str, expr: str, legend: str) -> dict[str, Any]:
+# The operator's gauges are non-zero only on the replica that leads: `max` across replicas is the leader's.
+OPERATOR = "and on (job, instance) modeldeploy_operator_leader"  # the operator's own process_* series
+ROLLOUT_SCOPE = 'namespace=~"$namespace", modeldeployment=~"$modeldeployment"'
+
+ROLLOUT_PANELS: list[tuple[str, str, str, str]] = [
+    (
+        "Rollouts by phase",
+        "short",
+        "max by (phase) (modeldeploy_operator_rollouts)",
+        "{{phase}}",
+    ),
+    (
+        "Rollout step (1-based; 0 when no canary is out)",
+        "short",
+        f"max by (namespace, modeldeployment, phase) (modeldeploy_operator_rollout_step{{{ROLLOUT_SCOPE}}})",
+        "{{modeldeployment}} ({{phase}})",
+    ),
+    (
+        "Analysis verdicts per minute, by result and deciding gate",
+        "short",
+        "sum by (result, gate) (rate(modeldeploy_operator_analysis_verdicts_total[$__rate_interval])) * 60",
+        "{{result}} {{gate}}",
+    ),
+    (
+        "Rollouts ended in the last hour, by result",
+        "short",
+        "sum by (result) (increase(modeldeploy_operator_rollouts_finished_total[1h]))",
+        "{{result}}",
+    ),
+    (
+        "Analysis delay p99: verdict after the interval's end (target 2 s)",
+        "s",
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(modeldeploy_operator_analysis_delay_seconds_bucket[$__rate_interval])))",
+        "p99",
+    ),
+    (
+        "Analysis duration p99 (read both tracks' metrics, judge)",
+        "s",
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(modeldeploy_operator_analysis_duration_seconds_bucket[$__rate_interval])))",
+        "p99",
+    ),
+]
+
+OPERATOR_PANELS: list[tuple[str, str, str, str]] = [
+    (
+        "Reconciles per second by result",
+        "reqps",
+        "sum by (result) (rate(modeldeploy_operator_reconciles_total[$__rate_interval]))",
+        "{{result}}",
+    ),
+    (
+        "Reconcile duration p99",
+        "s",
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(modeldeploy_operator_reconcile_duration_seconds_bucket[$__rate_interval])))",
+        "p99",
+    ),
+    (
+        "Work queue depth",
+        "short",
+        "max(modeldeploy_operator_workqueue_depth)",
+        "queued",
+    ),
+    (
+        "Operator CPU (cores)",
+        "short",
+        f"rate(process_cpu_seconds_total[$__rate_interval]) {OPERATOR}",
+        "{{instance}}",
+    ),
+    (
+        "Operator memory (RSS)",
+        "bytes",
+        f"process_resident_memory_bytes {OPERATOR}",
+        "{{instance}}",
+    ),
+    (
+        "Leader (1 on the replica that reconciles)",
+        "short",
+        "modeldeploy_operator_leader",
+        "{{instance}}",
+    ),
+]
+
+
+def panel(index: int, y: int, title: str, unit: str, expr: str, legend: str) -> dict[str, Any]:
+    """A time series in a two-column grid; `index` counts within its row, which starts at `y`."""
     return {
-        "id": index + 1,
+        "id": 0,  # numbered by `panels`
         "type": "timeseries",
         "title": title,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": y + 8 * (index // 2)},
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "targets": [{"refId": "A", "expr": expr, "legendFormat": legend}],
     }
+
+
+def panels() -> list[dict[str, Any]]:
+    """The serving panels, then a row of rollout panels and a row of operator panels."""
+    out = [panel(i, 0, *spec) for i, spec in enumerate(PANELS)]
+    y = 8 * ((len(PANELS) + 1) // 2)
+    for title, specs in (("Rollouts (the operator's analysis)", ROLLOUT_PANELS), ("The operator", OPERATOR_PANELS)):
+        out.append({"id": 0, "type": "row", "title": title, "collapsed": False,
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        out += [panel(i, y + 1, *spec) for i, spec in enumerate(specs)]
+        y += 1 + 8 * ((len(specs) + 1) // 2)
+    for number, item in enumerate(out, start=1):
+        item["id"] = number
+    return out
 
 
 def variable(name: str, query: str) -> dict[str, Any]:
@@ -144,7 +247,7 @@ def dashboard() -> dict[str, Any]:
                 ),
             ]
         },
-        "panels": [panel(i, *spec) for i, spec in enumerate(PANELS)],
+        "panels": panels(),
     }
 
 

@@ -191,6 +191,29 @@ def add_bench_nodes(cluster: localcluster.Cluster, count: int) -> None:
     cluster.apply_objects(*nodes)
 
 
+def install_crds(cluster: localcluster.Cluster) -> None:
+    """Ours and Istio's (the operator then writes VirtualServices and DestinationRules)."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
+                    "-f", str(routing_crds.istio_crds()))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/modeldeployments.modeldeploy.dev", "crd/virtualservices.networking.istio.io",
+                    "crd/destinationrules.networking.istio.io")
+
+
+def bench_namespace(cluster: localcluster.Cluster, namespace: str) -> None:
+    """The namespace and its `models` claim, bound to a volume kwok never mounts."""
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "1Gi"}}}}))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-models"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "hostPath": {"path": "/tmp/modeldeploy-bench"},  # kwok never mounts it
+                 "claimRef": {"namespace": namespace, "name": "models"}}}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a local control plane")
@@ -201,23 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
 
     with cluster_for(args.kubeconfig) as (cluster, local):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
-                        "-f", str(routing_crds.istio_crds()))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modeldeployments.modeldeploy.dev", "crd/virtualservices.networking.istio.io",
-                        "crd/destinationrules.networking.istio.io")
+        install_crds(cluster)
         if local:
             add_bench_nodes(cluster, max(2, max(counts) // 400 + 1))
-        cluster.kubectl("create", "namespace", NAMESPACE, check=False)
-        cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
-            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                     "resources": {"requests": {"storage": "1Gi"}}}}))
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-models"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                     "hostPath": {"path": "/tmp/modeldeploy-bench"},  # kwok never mounts it
-                     "claimRef": {"namespace": NAMESPACE, "name": "models"}}}))
+        bench_namespace(cluster, NAMESPACE)
 
         configuration = client.Configuration()
         kubernetes.config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="reconcile worker threads (MODELDEPLOY_WORKERS, default 4)")
     parser.add_argument("--liveness", help="liveness endpoint URL (MODELDEPLOY_LIVENESS_ENDPOINT, "
                         "default http://0.0.0.0:8081/healthz; empty disables)")
+    parser.add_argument("--metrics-port", type=int, help="port of the operator's own /metrics "
+                        "(MODELDEPLOY_METRICS_PORT, default 8080; 0 disables)")
     parser.add_argument("--no-leader-election", action="store_true",
                         help="act without holding the lease (a single replica, or local development)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -55,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["workers"] = args.workers
     if args.liveness is not None:
         overrides["liveness_endpoint"] = args.liveness or None
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            print("modeldeploy-operator: --metrics-port must be between 0 and 65535", file=sys.stderr)
+            return 2
+        overrides["metrics_port"] = args.metrics_port
     if args.no_leader_election:
         overrides["leader_election"] = False
     if overrides:
@@ -72,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modeldeploy-operator: no Kubernetes credentials: {error}", file=sys.stderr)
         return 2
     controller = Controller(api, config, identity)
+    if config.metrics_port:
+        try:
+            controller.metrics.serve(config.metrics_port, config.metrics_address)
+        except OSError as error:  # reconciling matters more than being observed: say so and go on
+            logging.getLogger(__name__).error("cannot serve metrics on %s:%d: %s", config.metrics_address,
+                                              config.metrics_port, error)
     stop_flag = threading.Event()
     lost = threading.Event()
 

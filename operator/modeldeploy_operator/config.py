@@ -79,6 +79,10 @@ class OperatorConfig(BaseSettings):
     """Streamed initial lists (sendInitialEvents): on, off, or auto (on from Kubernetes 1.34)."""
     liveness_endpoint: str | None = "http://0.0.0.0:8081/healthz"
     """URL of the liveness endpoint; empty disables it."""
+    metrics_port: int = Field(8080, ge=0, le=65535)
+    """Port of the operator's own Prometheus metrics (/metrics): reconciles, queue, rollouts, analyses; 0 disables."""
+    metrics_address: str = "0.0.0.0"
+    """Address the metrics port listens on."""
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = "INFO"
     """Log level of the operator's own messages."""
 

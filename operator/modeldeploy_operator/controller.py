@@ -26,11 +26,14 @@ from modeldeploy_operator.api import ControllerApi, KubeError, now_rfc3339
 from modeldeploy_operator.builders import SERVER_PORT, Routers
 from modeldeploy_operator.cache import Key, Snapshot, WatchCache
 from modeldeploy_operator.config import OperatorConfig
+from modeldeploy_operator.metrics import OperatorMetrics, ReconcileResult
 from modeldeploy_operator.metricsource import PodScraper, PrometheusQuery
 from modeldeploy_operator.reconcile import Outcome, Plan, StatusUpdate, next_status, plan_children, with_rollout
 from modeldeploy_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+
+RECHECK_MARGIN_SECONDS = 0.05  # wake a hair after a window's end, so the window is due when looked at
 
 
 class Controller:
@@ -53,6 +56,8 @@ class Controller:
         self._creations: dict[tuple[Key, str, str], deque[float]] = {}  # recent creations of each child
         self.scraper = PodScraper(SERVER_PORT)
         self.verdicts: dict[str, int] = {}  # analysis results, for the operator's own metrics
+        self.metrics = OperatorMetrics(queue_depth=lambda: len(self.queue), leading=self.leading.is_set,
+                                       resources=self.cache.resource_keys)
 
     # Event intake (kopf's event loop) --------------------------------------------------------------------
 
@@ -168,13 +173,18 @@ class Controller:
             key = self.queue.get(timeout=1.0)
             if key is None:
                 continue
+            result: ReconcileResult | None = "error"
+            started = time.monotonic()
             try:
                 if not self.leading.is_set():
+                    result = None
                     continue  # lost the lease: the process is about to exit, touch nothing
                 if self.reconcile(key):
                     self.queue.forget(key)
+                    result = "success"
                 else:
                     self.queue.retry(key)  # e.g. RBAC, quota or a webhook refused: look again, with backoff
+                    result = "failed"
             except KubeError as error:
                 delay = self.queue.retry(key)
                 log.warning("reconcile %s/%s failed, retrying in %.1fs: %s", *key, delay, error)
@@ -183,6 +193,8 @@ class Controller:
                 log.exception("reconcile %s/%s crashed, retrying in %.1fs", *key, delay)
             finally:
                 self.queue.done(key)
+                if result is not None:
+                    self.metrics.reconciled(result, time.monotonic() - started)
 
     def _resync(self) -> None:
         """Periodic safety net for anything a watch might have missed; cheap when nothing changed."""
@@ -276,6 +288,7 @@ class Controller:
         """Converge one resource; False when some child could not be applied (the status says why)."""
         snapshot = self.cache.snapshot(key)
         if snapshot is None or snapshot.deleting or self.cache.namespace_terminating(key[0]):
+            self.metrics.forget_rollout(key)
             return True  # gone or going: garbage collection removes the children through ownerReferences
         self.reconciles += 1
         decision = None
@@ -284,6 +297,7 @@ class Controller:
             snapshot = with_rollout(snapshot, decision)
         else:
             self.scraper.forget(key)
+            self.metrics.forget_rollout(key)
         plan = plan_children(snapshot, self.serving)
         if plan.apply and snapshot.vanished and not self._owner_confirmed(snapshot):
             return True
@@ -293,6 +307,8 @@ class Controller:
         update = next_status(snapshot, self.serving, now_rfc3339(), outcome, decision)
         if update is not None and not self._write_status(snapshot, update):
             return False  # the resource changed since it was read: decide again from the newer one
+        if decision is not None:
+            self.metrics.rollout_decided(key, decision)  # only what took effect: the status holds it
         return not outcome.errors
 
     def _rollout(self, snapshot: Snapshot, spec: specs.ModelDeploymentSpec, rollout: specs.Rollout
@@ -305,6 +321,7 @@ class Controller:
         action = ((recorded or {}).get("command") or {}).get("action")
         command = next((c for c in rollouts.COMMANDS if c == action), None)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        precise = dt.datetime.now(dt.UTC)
         verdict, window_started = None, None
         if previous is not None and previous.judged:
             if rollouts.analysis_due(previous.analysis_started_at, now, rollout):
@@ -316,15 +333,18 @@ class Controller:
         else:
             self.scraper.forget(key)
         decision = rollouts.decide(previous, spec, now, verdict, command, window_started)
-        recheck = rollouts.recheck_in(decision.state, now, rollout)
+        # From the unrounded clock, a hair past the recorded end: the wake-up finds the window due.
+        recheck = rollouts.recheck_in(decision.state, precise, rollout)
         if recheck is not None:
-            self.queue.add_after(key, recheck)
+            self.queue.add_after(key, recheck + RECHECK_MARGIN_SECONDS)
         return decision
 
     def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout, state: rollouts.RolloutState,
                  now: dt.datetime) -> analysis.Verdict | None:
-        """The verdict of the window that just ended; None when this is the first (the window starts now)."""
+        """The verdict of the window that just ended; None when this is the first (the window starts now).
+        How late after the recorded end of the window the verdict came goes to the operator's metrics."""
         namespace, name = snapshot.key
+        started = time.monotonic()
         try:
             if rollout.prometheus is not None:
                 source = "prometheus"
@@ -341,8 +361,13 @@ class Controller:
             return None
         verdict = replace(analysis.judge(canary, stable, rollouts.gates_of(rollout)), source=source)
         self.verdicts[verdict.result] = self.verdicts.get(verdict.result, 0) + 1
-        log.info("rollout analysis of %s/%s from %s: %s %s", namespace, name, source, verdict.result,
-                 verdict.message)
+        late = None
+        if state.analysis_started_at is not None:
+            ends = state.analysis_started_at + dt.timedelta(seconds=rollout.interval_seconds)
+            late = (dt.datetime.now(dt.UTC) - ends).total_seconds()
+        self.metrics.analysed(verdict, time.monotonic() - started, late)
+        log.info("rollout analysis of %s/%s from %s: %s %s%s", namespace, name, source, verdict.result,
+                 verdict.message, "" if late is None else f" ({max(0.0, late):.3f}s after the interval ended)")
         return verdict
 
     def _namespace_going_away(self, namespace: str) -> None:

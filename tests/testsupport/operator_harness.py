@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,12 +40,15 @@ class Operator:
         self.cluster = cluster
         self.log_path = log_path
         self.liveness_port = localcluster.free_port()
+        self.metrics_port = localcluster.free_port()
         self.env = {
             **cluster.env,
             "KUBECONFIG": str(kubeconfig),
             "MODELDEPLOY_SERVER_IMAGE": SERVER_IMAGE,
             "MODELDEPLOY_GPU_SERVER_IMAGE": SERVER_IMAGE + "-gpu",
             "MODELDEPLOY_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
+            "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
+            "MODELDEPLOY_METRICS_ADDRESS": "127.0.0.1",
             "MODELDEPLOY_RESYNC_SECONDS": "60",
             **env,
         }
@@ -73,6 +77,11 @@ class Operator:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def metrics(self) -> str:
+        """The operator's own /metrics, over HTTP."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

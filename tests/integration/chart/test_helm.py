@@ -53,11 +53,35 @@ def test_rendered_chart_carries_the_single_sources(bin_dir: Path) -> None:
     assert by_kind["ClusterRole"]["rules"] == rules
     dashboard = json.loads(by_kind["ConfigMap"]["data"]["modeldeploy.json"])
     assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
-    endpoint = by_kind["ServiceMonitor"]["spec"]["endpoints"][0]
+    monitors = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ServiceMonitor"}
+    servers = monitors["md-modeldeploy-servers"]
+    endpoint = servers["spec"]["endpoints"][0]
     assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "track"}
     # Not the per-track Services of Gateway API routing: each pod is scraped once.
-    assert by_kind["ServiceMonitor"]["spec"]["selector"]["matchExpressions"] == [
+    assert servers["spec"]["selector"]["matchExpressions"] == [
         {"key": "modeldeploy.dev/track", "operator": "DoesNotExist"}]
+
+
+def test_the_operators_own_metrics_are_scraped_like_the_serving_pods(bin_dir: Path) -> None:
+    docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=9100")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": "MODELDEPLOY_METRICS_PORT", "value": "9100"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9100} in container["ports"]
+    assert pod["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": "9100",
+                                              "prometheus.io/path": "/metrics"}
+    service = next(doc for doc in docs if doc["kind"] == "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics"}]
+    assert service["spec"]["selector"] == pod["metadata"]["labels"]
+    monitor = next(doc for doc in docs if doc["metadata"]["name"] == "md-modeldeploy-operator")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True  # the rollouts' own namespace label wins
+    # 0 switches it all off.
+    docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0")
+    assert not [doc for doc in docs if doc["kind"] == "Service"]
+    assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "ServiceMonitor"] == ["md-modeldeploy-servers"]
 
 
 def test_operator_pod_meets_restricted_pod_security(bin_dir: Path) -> None:
