@@ -336,7 +336,7 @@ class Controller:
         # From the unrounded clock, a hair past the recorded end: the wake-up finds the window due.
         recheck = rollouts.recheck_in(decision.state, precise, rollout)
         if recheck is not None:
-            self.queue.add_after(key, recheck + RECHECK_MARGIN_SECONDS)
+            self.queue.add_after(key, recheck + RECHECK_MARGIN_SECONDS, ahead=True)  # a verdict is due
         return decision
 
     def _analyse(self, snapshot: Snapshot, rollout: specs.Rollout, state: rollouts.RolloutState,

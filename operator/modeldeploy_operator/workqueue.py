@@ -3,7 +3,9 @@
 The semantics controllers rely on: a key waiting in the queue is never queued twice (ten events for
 one resource cost one reconcile); a key being reconciled is never handed to a second worker at the
 same time (if it changes meanwhile it is queued again once the first run ends); failures come back
-after an exponential delay instead of a hot retry loop.
+after an exponential delay instead of a hot retry loop. A key scheduled `ahead` (a timer someone is
+waiting on, such as the end of a rollout's analysis window) goes to the front when it comes due, so
+bursts of watch events cannot delay it behind them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class WorkQueue(Generic[K]):
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()
         self._processing: set[K] = set()
-        self._delayed: list[tuple[float, int, K]] = []
+        self._delayed: list[tuple[float, int, K, bool]] = []  # due time, order, key, ahead
         self._counter = itertools.count()
         self._failures: dict[K, int] = {}
         self._base_delay = base_delay
@@ -45,14 +47,15 @@ class WorkQueue(Generic[K]):
                 self._queue.append(key)
                 self._cond.notify()
 
-    def add_after(self, key: K, delay: float) -> None:
-        if delay <= 0:
+    def add_after(self, key: K, delay: float, *, ahead: bool = False) -> None:
+        """Queue the key once `delay` has passed; `ahead`: then at the front, before keys queued by events."""
+        if delay <= 0 and not ahead:
             self.add(key)
             return
         with self._cond:
             if self._closed:
                 return
-            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._counter), key))
+            heapq.heappush(self._delayed, (time.monotonic() + max(0.0, delay), next(self._counter), key, ahead))
             self._cond.notify()
 
     def retry(self, key: K) -> float:
@@ -73,11 +76,14 @@ class WorkQueue(Generic[K]):
         """Move due delayed keys into the queue; return seconds until the next one is due."""
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, key = heapq.heappop(self._delayed)
-            if key not in self._dirty:
+            _, _, key, ahead = heapq.heappop(self._delayed)
+            waiting = key in self._dirty and key not in self._processing
+            if ahead and waiting:
+                self._queue.remove(key)  # already queued behind others: move it up
+            if key not in self._dirty or (ahead and waiting):
                 self._dirty.add(key)
                 if key not in self._processing:
-                    self._queue.append(key)
+                    (self._queue.appendleft if ahead else self._queue.append)(key)
         return self._delayed[0][0] - now if self._delayed else None
 
     def get(self, timeout: float | None = None) -> K | None:

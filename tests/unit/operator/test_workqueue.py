@@ -51,3 +51,13 @@ def test_shutdown_wakes_blocked_workers() -> None:
     queue.shutdown()
     worker.join(timeout=5)
     assert results == [None]
+
+
+def test_a_timer_scheduled_ahead_jumps_the_keys_queued_by_events() -> None:
+    queue: WorkQueue[str] = WorkQueue()
+    for key in ("event-1", "event-2", "due-analysis"):
+        queue.add(key)  # the due key was also queued by an event, behind the others
+    queue.add_after("due-analysis", 0.0, ahead=True)
+    queue.add_after("retry", 0.0)  # a plain timer keeps its place at the back
+    assert [queue.get(timeout=0.1) for _ in range(4)] == ["due-analysis", "event-1", "event-2", "retry"]
+    assert queue.get(timeout=0.01) is None
