@@ -24,11 +24,14 @@ Gates, in the order they are judged (the first that fails names the verdict):
   scheduling noise), canary / stable above `max_latency_p95_ratio`.
 - **output drift**: per output, the Population Stability Index between the two tracks' bin counts,
   ``PSI = sum((c - s) * ln(c / s))`` over bins with `c`, `s` the canary's and stable's shares, each floored
-  at `PSI_EPSILON` (1e-4, as the server's input-drift score). PSI is biased upwards on finite samples: two
-  samples of the *same* distribution give about ``(k - 1) * (1/n_canary + 1/n_stable)`` for ``k`` occupied
-  bins. That expected noise is subtracted (floored at 0) before comparing with `max_output_psi`, so small
-  windows do not read as drift. An output with fewer than `min_requests` values on either track is not
-  judged (inconclusive).
+  at `PSI_EPSILON` (1e-4, as the server's input-drift score). Sparse bins make PSI swing on single values,
+  so neighbouring bins are first merged until each holds `MIN_VALUES_PER_BIN` values of the two tracks
+  together (as for a chi-square test). Two samples of the *same* distribution still give a positive PSI:
+  ``PSI / (1/n_canary + 1/n_stable)`` is about chi-square with ``k - 1`` degrees of freedom for ``k``
+  merged bins. Its 99.9% quantile, so scaled, is subtracted (floored at 0) before comparing with
+  `max_output_psi`: a good version fails by chance in about one window in a thousand, whatever the window's
+  size, while a shifted output stands far above it. An output with fewer than `min_requests` values on
+  either track is not judged (inconclusive).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ INCONCLUSIVE: Result = "Inconclusive"
 ERROR_OUTCOMES = frozenset({"error", "unavailable", "queue_full", "not_ready"})
 OK_OUTCOME = "ok"
 PSI_EPSILON = 1e-4
+MIN_VALUES_PER_BIN = 10  # both tracks' values together, after merging sparse neighbours
+Z_999_ONE_SIDED = 3.090232306167813
 Z_95_ONE_SIDED = 1.6448536269514722
 
 GATE_ERROR_RATE = "errorRate"
@@ -205,6 +210,52 @@ def psi(canary: Mapping[str, float], stable: Mapping[str, float]) -> tuple[float
     return score, noise
 
 
+def _bin_order(label: str) -> tuple[int, float, str]:
+    """Bins in their natural order: numeric labels (upper bounds, class indices) by value, others by name."""
+    try:
+        return 0, float(label), ""
+    except ValueError:
+        return 1, 0.0, label
+
+
+def merge_sparse_bins(canary: Mapping[str, float], stable: Mapping[str, float],
+                      min_values: int = MIN_VALUES_PER_BIN) -> tuple[dict[str, float], dict[str, float]]:
+    """Neighbouring bins merged until each holds `min_values` of the two tracks' values together (a short
+    tail joins the last full group). Keys of the result are the first label of each group."""
+    groups: list[tuple[str, float, float]] = []
+    label, c_sum, s_sum = "", 0.0, 0.0
+    for key in sorted(set(canary) | set(stable), key=_bin_order):
+        c, s = canary.get(key, 0.0), stable.get(key, 0.0)
+        if c <= 0 and s <= 0:
+            continue
+        label = label or key
+        c_sum, s_sum = c_sum + c, s_sum + s
+        if c_sum + s_sum >= min_values:
+            groups.append((label, c_sum, s_sum))
+            label, c_sum, s_sum = "", 0.0, 0.0
+    if label:
+        if groups:
+            first, c_last, s_last = groups.pop()
+            groups.append((first, c_last + c_sum, s_last + s_sum))
+        else:
+            groups.append((label, c_sum, s_sum))
+    return {g: c for g, c, _ in groups}, {g: s for g, _, s in groups}
+
+
+def chi_square_quantile(degrees: int, z: float = Z_999_ONE_SIDED) -> float:
+    """The chi-square quantile at standard-normal score `z` (the Wilson-Hilferty approximation: at most 3%
+    above the exact value, under 2% from 3 degrees of freedom up)."""
+    if degrees <= 0:
+        return 0.0
+    ratio = 2 / (9 * degrees)
+    return float(degrees * (1 - ratio + z * math.sqrt(ratio)) ** 3)
+
+
+def psi_noise_bound(bins: int, n_canary: float, n_stable: float) -> float:
+    """The PSI that two samples of one distribution over `bins` bins exceed only once in a thousand."""
+    return chi_square_quantile(bins - 1) * (1 / n_canary + 1 / n_stable)
+
+
 def _error_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list[GateResult]:
     c_low, _ = wilson_bounds(canary.errors, canary.total)
     c_rate = canary.errors / canary.total
@@ -265,13 +316,16 @@ def _drift_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list
                 f"output {name!r}: {n_c:.0f} canary and {n_s:.0f} stable values, fewer than {gates.min_requests}",
             ))
             continue
-        raw, noise = psi(c_bins, s_bins)
+        c_merged, s_merged = merge_sparse_bins(c_bins, s_bins)
+        raw, _ = psi(c_merged, s_merged)
+        noise = psi_noise_bound(len(c_merged), n_c, n_s)
         score = max(0.0, raw - noise)
         measured = {f"outputPsi[{name}]": round(score, 4)}
         failed = score > gates.max_output_psi
         results.append(GateResult(
             GATE_DRIFT, FAILED if failed else PASSED, measured,
-            f"output {name!r}: PSI {score:.3f} (raw {raw:.3f} less sampling noise {noise:.3f}) "
+            f"output {name!r}: PSI {score:.3f} (raw {raw:.3f} over {len(c_merged)} bins, less sampling noise "
+            f"{noise:.3f}) "
             f"{'above' if failed else 'within'} the maximum {gates.max_output_psi:g}",
         ))
     return results

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+import random
 
 import pytest
 
@@ -132,6 +134,45 @@ def test_same_distribution_small_samples_do_not_read_as_drift() -> None:
     assert raw > 0.2
     assert judge(track(ok=60, outputs={"y": canary}), track(ok=60, outputs={"y": stable}), GATES).result == "Pass"
     assert noise == pytest.approx(9 * (1 / 60 + 1 / 60))
+
+
+# The server's default output bins: symmetric about 0, from ±0.05 to ±1000.
+EDGES = [-1000, -100, -10, -5, -2, -1, -0.5, -0.2, -0.1, -0.05, 0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 100, 1000]
+
+
+def binned(rng: random.Random, n: int, mean: float) -> dict[str, float]:
+    """n model outputs ~ Normal(mean, 0.6), counted in the server's bins."""
+    bins: dict[str, float] = {}
+    for _ in range(n):
+        edge = str(EDGES[min(bisect.bisect_left(EDGES, rng.gauss(mean, 0.6)), len(EDGES) - 1)])
+        bins[edge] = bins.get(edge, 0.0) + 1
+    return bins
+
+
+def drift_verdicts(rng: random.Random, n: int, shift: float, windows: int) -> list[str]:
+    verdicts: list[str] = []
+    for _ in range(windows):
+        canary = track(ok=n, outputs={"y": binned(rng, n, 0.3 + shift)})
+        verdicts.append(judge(canary, track(ok=n, outputs={"y": binned(rng, n, 0.3)}), GATES).result)
+    return verdicts
+
+
+@pytest.mark.parametrize("values", [60, 100, 200])
+def test_a_good_version_fails_the_drift_gate_about_once_in_a_thousand_windows(values: int) -> None:
+    # Subtracting only PSI's expected noise failed 50% of such windows at 60 values and 22% at 100.
+    verdicts = drift_verdicts(random.Random(values), values, shift=0.0, windows=1000)
+    assert verdicts.count("Fail") <= 5, verdicts.count("Fail")
+
+
+def test_a_shifted_output_still_fails_the_drift_gate_from_a_few_hundred_values() -> None:
+    verdicts = drift_verdicts(random.Random(1), 200, shift=0.5, windows=100)
+    assert verdicts.count("Fail") >= 90
+
+
+def test_sparse_bins_are_merged_in_their_numeric_order_and_the_tail_joins_the_last_group() -> None:
+    canary = {"0.1": 4.0, "+Inf": 1.0, "-0.5": 6.0, "2": 1.0}
+    stable = {"0.1": 5.0, "-0.5": 5.0, "1": 2.0}
+    assert analysis.merge_sparse_bins(canary, stable) == ({"-0.5": 6.0, "0.1": 6.0}, {"-0.5": 5.0, "0.1": 7.0})
 
 
 def test_switched_off_gates_are_not_judged() -> None:
