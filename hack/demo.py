@@ -104,7 +104,7 @@ class Demo:
         say("installing the ModelDeployment CRD (and Istio's own routing CRDs, so the canary has weights)")
         self.show("apply", "--server-side", "-f", str(REPO / "crds"))
         self.show("apply", "--server-side", "-f", str(routing_crds.istio_crds()))
-        self.cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        self.cluster.wait_established()
 
     def start_operator(self) -> None:
         say("running the operator with the chart's least-privilege ClusterRole")

@@ -175,8 +175,7 @@ def install(cluster: Cluster, tags: dict[str, str], timeout: str = "300s") -> No
     """The Gateway API's CRDs, Envoy Gateway's CRDs, then its chart (waits until the controller is ready)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(routing_crds.gateway_api_crds()))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(own_crds()))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
-                    "httproutes.gateway.networking.k8s.io", "envoyproxies.gateway.envoyproxy.io")
+    cluster.wait_established("httproutes.gateway.networking.k8s.io", "envoyproxies.gateway.envoyproxy.io")
     for tag in tags.values():
         cluster.load_image(tag)
     with tempfile.TemporaryDirectory(prefix="modeldeploy-eg-chart-") as tmp:

@@ -127,6 +127,19 @@ class Cluster:
             raise ClusterError(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}{result.stdout}")
         return result
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Until each CRD (all of them when none is named) is Established. Polled: `kubectl wait` fails
+        outright on a CRD the API server has not yet given a status."""
+        names = crds or tuple(self.kubectl("get", "crd", "-o", "name").stdout.split())
+        query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        for name in names:
+            name = name.removeprefix("customresourcedefinition.apiextensions.k8s.io/").removeprefix("crd/")
+            while self.kubectl("get", "crd", name, "-o", query, check=False).stdout != "True":
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"CRD {name} not Established after {timeout:.0f}s")
+                time.sleep(0.2)
+
     def apply_objects(self, *objects: dict[str, object]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
 

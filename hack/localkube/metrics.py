@@ -25,7 +25,7 @@ from localkube.controlplane import Cluster
 from localkube.errors import ClusterError
 from localkube.paths import REPO_ROOT
 from localkube.pki import CertificateAuthority, KeyPair
-from localkube.processes import free_port, spawn, stop_processes, wait_for
+from localkube.processes import free_port, spawn, stop_processes
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-metrics-binaries.sh"
 KEDA_NAMESPACE = "keda"
@@ -197,11 +197,7 @@ class MetricsStack:
     def install_keda_crds(self) -> None:
         crds = metrics_binaries("keda-crds")["keda-crds"]
         self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-        # Polled: `kubectl wait` fails outright on a CRD that has no status yet.
-        query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-        wait_for("KEDA's ScaledObject CRD to be Established",
-                 lambda: self.cluster.kubectl("get", "crd", "scaledobjects.keda.sh", "-o", query,
-                                              check=False).stdout == "True", 60.0, 0.2)
+        self.cluster.wait_established("scaledobjects.keda.sh")
 
     def start_keda(self) -> None:
         binaries = metrics_binaries("keda")

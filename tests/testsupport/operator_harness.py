@@ -232,19 +232,13 @@ def refused_by_rbac(logs: str) -> list[str]:
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+    cluster.wait_established("modeldeployments.modeldeploy.dev")
 
 
 def _install(cluster: Cluster, path: Path, crd_names: tuple[str, ...], timeout: float = 60.0) -> None:
-    """Apply, then wait until each CRD is Established (`kubectl wait` fails on one without status yet)."""
+    """Apply, then wait until each CRD is Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    deadline = time.monotonic() + timeout
-    for name in crd_names:
-        while cluster.kubectl("get", "crd", name, "-o", query, check=False).stdout != "True":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {name} not Established after {timeout}s")
-            time.sleep(0.2)
+    cluster.wait_established(*crd_names, timeout=timeout)
 
 
 ISTIO_CRD_NAMES = ("virtualservices.networking.istio.io", "destinationrules.networking.istio.io")

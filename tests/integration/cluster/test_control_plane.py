@@ -58,7 +58,7 @@ def test_kubectl_version_reports_the_pinned_release(cluster: localcluster.Cluste
 
 def test_custom_resource_round_trip(cluster: localcluster.Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=CRD)
-    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.example.test", "--timeout=30s")
+    cluster.wait_established("widgets.example.test", timeout=30)
     widget = {"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(widget))
     stored = get_json(cluster, "widget", "w1", "-n", namespace)

@@ -90,8 +90,7 @@ def own_control_plane(tmp_path: Path) -> Iterator[tuple[localcluster.LocalContro
     harness = Harness(cluster, "watch-gap", tmp_path, cluster.kubeconfig)
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/modeldeployments.modeldeploy.dev")
+        cluster.wait_established("modeldeployments.modeldeploy.dev")
         cluster.kubectl("create", "namespace", harness.namespace)
         yield plane, harness
     finally:

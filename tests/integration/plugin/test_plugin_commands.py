@@ -36,7 +36,7 @@ Cluster = localcluster.Cluster
 def crd(cluster: Cluster) -> None:
     """The ModelDeployment API, installed from the generated CRD (idempotent across test modules)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.modeldeploy.dev")
+    cluster.wait_established("modeldeployments.modeldeploy.dev")
 
 
 def plugin_env(cluster: Cluster, **overrides: str) -> dict[str, str]:
