@@ -31,17 +31,20 @@ HEADER = {"x-model-variant": "v2"}
 @pytest.fixture(scope="module")
 def gateway(real_cluster: localcluster.Cluster) -> Iterator[str]:
     """Envoy Gateway installed with its chart, a Gateway `gateway/public`; yields its namespace/name."""
-    envoy_gateway.install(real_cluster, envoy_gateway.build_images(images.ensure_docker()))
     namespace = f"gateway-{uuid.uuid4().hex[:6]}"
-    real_cluster.kubectl("create", "namespace", namespace)
-    real_cluster.apply_objects(*envoy_gateway.gateway_objects(namespace))
-    real_cluster.kubectl("wait", "-n", namespace, "--for=condition=Programmed", "--timeout=180s", "gateway/public")
-    yield f"{namespace}/public"
-    # The session's real cluster goes on to tests that expect no router: leave none behind.
-    real_cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
-    real_cluster.kubectl("delete", "gatewayclass", "envoy", "--ignore-not-found", check=False)
-    envoy_gateway.uninstall(real_cluster)
-    uninstall_gateway_api(real_cluster)
+    try:
+        envoy_gateway.install(real_cluster, envoy_gateway.build_images(images.ensure_docker()))
+        real_cluster.kubectl("create", "namespace", namespace)
+        real_cluster.apply_objects(*envoy_gateway.gateway_objects(namespace))
+        real_cluster.kubectl("wait", "-n", namespace, "--for=condition=Programmed", "--timeout=180s",
+                             "gateway/public")
+        yield f"{namespace}/public"
+    finally:
+        # Also after a failed setup: the session's real cluster goes on to tests that expect no router.
+        real_cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+        real_cluster.kubectl("delete", "gatewayclass", "envoy", "--ignore-not-found", check=False)
+        envoy_gateway.uninstall(real_cluster)
+        uninstall_gateway_api(real_cluster)
 
 
 def canary_deployment(s: Serving, gateway: str, canary: dict[str, Any]) -> Client:
