@@ -314,7 +314,8 @@ class Controller:
         elif not live:
             self._last_analysis.pop(key, None)
             self.scraper.forget(key)
-        decision = rollouts.decide(previous, spec, now, verdict, command)
+        canary_ready = statuses.serves(snapshot.deployments.get("canary"))
+        decision = rollouts.decide(previous, spec, now, verdict, command, canary_ready)
         if decision.state.phase in ("Progressing", "Paused"):
             self.queue.add_after(key, float(rollout.interval_seconds))
         return decision

@@ -159,9 +159,13 @@ def _verdict_record(verdict: analysis.Verdict, now: dt.datetime) -> dict[str, An
     return record
 
 
-def _routing(state: RolloutState, rollout: specs.Rollout) -> Routing:
+def _routing(state: RolloutState, rollout: specs.Rollout, canary_ready: bool = True) -> Routing:
+    """The step's split; none of it to a canary whose pods are not all ready yet (a weight would send
+    callers to a backend without endpoints: errors, not a judgement of the model)."""
     if state.phase not in ("Progressing", "Paused") or state.canary is None:
         return Routing(state.stable)
+    if not canary_ready:
+        return Routing(state.stable, state.canary)
     step = rollout.steps[min(state.step, len(rollout.steps) - 1)]
     return Routing(state.stable, state.canary, weight=step.weight or 0, mirror=step.mirror or 0)
 
@@ -174,6 +178,13 @@ def _start(state: RolloutState, desired: Mapping[str, str], now: dt.datetime, ro
     return RolloutState(phase="Progressing", stable=state.stable, canary=desired, step=0, steps=len(rollout.steps),
                         started_at=now,
                         step_started_at=now, failed=None, message=f"step 1/{len(rollout.steps)}")
+
+
+def _waiting(state: RolloutState, steps: int) -> RolloutState:
+    """Held until the canary's pods are ready: no traffic to it and no step timer (a fixed state, so
+    reconciles meanwhile write nothing)."""
+    return replace(state, step_started_at=None, message=f"step {state.step + 1}/{steps}: waiting for the "
+                   "canary's pods to be ready before sending it traffic")
 
 
 def _roll_back(state: RolloutState, gate: str, message: str, events: list[Event]) -> RolloutState:
@@ -196,9 +207,12 @@ def decide(
     now: dt.datetime,
     verdict: analysis.Verdict | None = None,
     command: Command | None = None,
+    canary_ready: bool = True,
 ) -> Decision:
     """One step of the machine. `verdict` is the analysis of the window that just ended (None: none due);
-    `command` an imperative request from `kubectl modeldeploy rollout ...` (read from status)."""
+    `command` an imperative request from `kubectl modeldeploy rollout ...` (read from status);
+    `canary_ready` whether every pod of the canary track runs and is ready: until then the canary gets
+    no traffic and the step's timer does not start."""
     rollout = spec.rollout
     desired = model_key(spec.model)
     if rollout is None:
@@ -224,7 +238,9 @@ def decide(
                 events.append(Event("Normal", "RolloutSuperseded",
                                     f"canary {_describe(state.canary)} replaced by {_describe(desired)}"))
             state = _start(state, desired, now, rollout, events)
-        return Decision(state, _routing(state, rollout), tuple(events), analyse=False)
+            if not canary_ready:
+                state = _waiting(state, len(rollout.steps))
+        return Decision(state, _routing(state, rollout, canary_ready), tuple(events), analyse=False)
 
     if state.canary is None:
         return Decision(state, _routing(state, rollout), tuple(events))
@@ -245,7 +261,7 @@ def decide(
             state = replace(state, phase="Paused", paused_at=now)
         state = replace(state, paused_by_command=by_command, message=f"paused at step {state.step + 1}/"
                         f"{len(rollout.steps)}")
-        return Decision(state, _routing(state, rollout), tuple(events))
+        return Decision(state, _routing(state, rollout, canary_ready), tuple(events))
     if state.phase == "Paused":
         # Resume: the pause is not counted against the step's timer nor the deadline.
         held = now - (state.paused_at or now)
@@ -261,6 +277,11 @@ def decide(
                            f"not promoted within {rollout.progress_deadline or '1h'} (at step {state.step + 1})",
                            events)
         return Decision(state, _routing(state, rollout), tuple(events))
+
+    if not canary_ready:
+        return Decision(_waiting(state, len(rollout.steps)), _routing(state, rollout, canary_ready), tuple(events))
+    if state.step_started_at is None:  # the canary just became ready: the step's pause starts now
+        state = replace(state, step_started_at=now, message=f"step {state.step + 1}/{len(rollout.steps)}")
 
     if verdict is not None:
         record = _verdict_record(verdict, now)
