@@ -49,7 +49,7 @@ MODELS = {
     "v2": "sentiment/v2/model.onnx",  # good: v1's outputs + 0.001
     "failing": "sentiment/failing/model.onnx",  # v1, but onnxruntime fails on inputs with a value >= 2.5
     "slow": "sentiment/slow/model.onnx",  # v1's answers after many extra matrix products
-    "shifted": "sentiment/shifted/model.onnx",  # v1's outputs + 0.5
+    "shifted": "sentiment/shifted/model.onnx",  # v1's outputs + 1.0
     "v3": "sentiment/v3/model.onnx",  # good: v1's outputs + 0.002
 }
 INPUTS = 256
@@ -72,7 +72,7 @@ def write_models(folder: Path) -> None:
     base = build_mlp(folder / MODELS["v1"], seed=0)
     shifted(base, folder / MODELS["v2"], 0.001)
     shifted(base, folder / MODELS["v3"], 0.002)
-    shifted(base, folder / MODELS["shifted"], 0.5)
+    shifted(base, folder / MODELS["shifted"], 1.0)
     failing_on_large_inputs(base, folder / MODELS["failing"])
     slowed(base, folder / MODELS["slow"])
     for path in folder.rglob("*"):
