@@ -97,3 +97,30 @@ def test_a_model_failing_on_some_inputs_fails_the_error_increase_gate(start_serv
 def test_no_traffic_is_inconclusive(start_server: Callable[..., Any], model_dir: Path) -> None:
     verdict, _ = judge_pair(start_server, model_dir / "mlp.onnx", model_dir / "mlp.onnx", 0)
     assert (verdict.result, verdict.gate) == ("Inconclusive", None)
+
+
+def test_a_pod_missing_from_one_reading_counts_only_what_it_served_since_its_last(
+    start_server: Callable[..., Any], model_dir: Path
+) -> None:
+    """A scrape that fails (a pod too busy to answer in time) must not make the next window count the
+    pod's whole life: its last reading stays its baseline."""
+    stable = start_server(model_dir / "mlp.onnx", name="model")
+    canary = start_server(model_dir / "mlp.onnx", name="model")
+    urls = {"stable-0": f"{stable.url}/metrics", "canary-0": f"{canary.url}/metrics"}
+    scraper = LoopbackScraper(urls)
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]}
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            assert canary.client.post("/v2/models/model/infer", json=body).status_code == 200
+
+    send(20)  # served before the rollout's first window
+    assert scraper.read(("ns", "md"), PODS) is None
+    send(10)
+    urls["canary-0"] = "http://127.0.0.1:9/metrics"  # nothing listens: this reading misses the pod
+    missed = scraper.read(("ns", "md"), PODS)
+    assert missed is not None and missed[0].total == 0
+    send(5)
+    urls["canary-0"] = f"{canary.url}/metrics"
+    window = scraper.read(("ns", "md"), PODS)
+    assert window is not None and window[0].total == 15  # since the last reading, not 35

@@ -43,7 +43,7 @@ from testsupport.realpods import NAME, model_deployment, operator_with_claim
 READY_TIMEOUT_S = 240.0
 ROLLOUT_TIMEOUT_S = 300.0
 INTERVAL = "5s"
-MIN_REQUESTS = 40
+MIN_REQUESTS = 20  # the machine is shared: windows of a loaded node hold few requests
 MODELS = {
     "v1": "sentiment/v1/model.onnx",  # stable at the start
     "v2": "sentiment/v2/model.onnx",  # good: v1's outputs + 0.001
@@ -74,7 +74,7 @@ def write_models(folder: Path) -> None:
     shifted(base, folder / MODELS["v3"], 0.002)
     shifted(base, folder / MODELS["shifted"], 1.0)
     failing_on_large_inputs(base, folder / MODELS["failing"])
-    slowed(base, folder / MODELS["slow"])
+    slowed(base, folder / MODELS["slow"], layers=32)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
@@ -267,7 +267,9 @@ def test_a_bad_version_is_rolled_back_at_its_first_weighted_step(bench: Bench, m
     assert md["metadata"]["generation"] == generation
     # Rolled back at the first step, by failureLimit failed analyses in a row, none passing before:
     assert rollout["step"] == 0 and rollout["consecutiveFailures"] == failure_limit
-    conclusive = [v for v in record.verdicts if float(v["measured"].get("canaryRequests", 0)) >= MIN_REQUESTS]
+    conclusive = [v for v in record.verdicts
+                  if min(float(v["measured"].get(f"{track}Requests", 0)) for track in ("canary", "stable"))
+                  >= MIN_REQUESTS]
     assert [v["result"] for v in conclusive] == ["Fail"] * len(conclusive) and len(conclusive) <= failure_limit
     # Callers only met the canary on its 20% share: its answers and its errors together fit in it.
     sent = sum(during.values())
