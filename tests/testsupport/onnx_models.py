@@ -182,6 +182,17 @@ def shifted(source: Path, path: Path, by: float) -> Path:
     return path
 
 
+def _save_with_added_output(model: onnx.ModelProto, path: Path) -> Path:
+    """`build_mlp`'s last Add now writes ``output_raw``; the nodes appended after it compute ``output``."""
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.input[1] == "b2":
+            node.output[0] = "output_raw"
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def failing_on_large_inputs(source: Path, path: Path) -> Path:
     """The same model, plus a Gather whose index is floor(max(input) / 1.25) into a table of 2: inputs
     with a value >= 2.5 (about a third of 64 standard normal values) make onnxruntime fail the run (index
@@ -200,16 +211,10 @@ def failing_on_large_inputs(source: Path, path: Path) -> Path:
         helper.make_node("Gather", ["table", "index"], ["zero"]),
         helper.make_node("Add", ["output_raw", "zero"], ["output"]),
     ])
-    for node in graph.node:
-        if node.op_type == "Add" and node.input[1] == "b2":
-            node.output[0] = "output_raw"
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save_with_added_output(model, path)
 
 
-def slowed(source: Path, path: Path, layers: int = 96, width: int = 2048) -> Path:
+def slowed(source: Path, path: Path, layers: int = 32, width: int = 2048) -> Path:
     """The same answers after `layers` extra matrix products on the input: one shared width x width
     matrix (a few MB, whatever `layers`), so the model is many times slower but no bigger in memory.
     The extra work is added to the output times zero, which onnxruntime does not fold away."""
@@ -231,10 +236,4 @@ def slowed(source: Path, path: Path, layers: int = 96, width: int = 2048) -> Pat
         helper.make_node("Add", ["output_raw", "work_zero"], ["output"]),
     ]
     graph.node.extend(nodes)
-    for node in graph.node:
-        if node.op_type == "Add" and node.input[1] == "b2":
-            node.output[0] = "output_raw"
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save_with_added_output(model, path)

@@ -74,7 +74,7 @@ def write_models(folder: Path) -> None:
     shifted(base, folder / MODELS["v3"], 0.002)
     shifted(base, folder / MODELS["shifted"], 1.0)
     failing_on_large_inputs(base, folder / MODELS["failing"])
-    slowed(base, folder / MODELS["slow"], layers=32)
+    slowed(base, folder / MODELS["slow"])
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
