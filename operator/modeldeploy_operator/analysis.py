@@ -25,8 +25,9 @@ Gates, in the order they are judged (the first that fails names the verdict):
   gate compares bounds, as the error gates do: the number of requests below the true p95 is binomial,
   so its rank has Wilson bounds; the canary's p95 at the *lower* bound of its rank over stable's at the
   *upper* bound of its rank (`latencyP95RatioBeyondNoise`) must exceed `max_latency_p95_ratio` to
-  fail. An identical model then does not fail on a noisy window; a model several times slower still
-  fails as soon as its window holds the requests to show it.
+  fail. A p95 ratio above the maximum that noise could explain is inconclusive: the step holds and the
+  failure count is neither raised nor reset. An identical model then does not fail on a noisy window,
+  and a model several times slower is not passed on a window too small to show it.
 - **output drift**: per output, the Population Stability Index between the two tracks' bin counts,
   ``PSI = sum((c - s) * ln(c / s))`` over bins with `c`, `s` the canary's and stable's shares, each floored
   at `PSI_EPSILON` (1e-4, as the server's input-drift score). PSI is biased upwards on finite samples: two
@@ -263,12 +264,14 @@ def _latency_gate(canary: TrackSample, stable: TrackSample, gates: Gates) -> Gat
     beyond_noise = max(c_bounds[0], floor) / max(s_bounds[1], floor)
     measured = {"canaryLatencyP95Seconds": round(c_p95, 6), "stableLatencyP95Seconds": round(s_p95, 6),
                 "latencyP95Ratio": round(ratio, 3), "latencyP95RatioBeyondNoise": round(beyond_noise, 3)}
-    failed = beyond_noise > gates.max_latency_p95_ratio
+    limit = gates.max_latency_p95_ratio
+    result = FAILED if beyond_noise > limit else INCONCLUSIVE if ratio > limit else PASSED
+    verdict = {FAILED: "above", INCONCLUSIVE: "within noise of", PASSED: "within"}[result]
     return GateResult(
-        GATE_LATENCY, FAILED if failed else PASSED, measured,
+        GATE_LATENCY, result, measured,
         f"canary p95 {c_p95 * 1000:.1f} ms against stable {s_p95 * 1000:.1f} ms: ratio {ratio:.2f}; beyond "
         f"noise (canary's p95 at least {c_bounds[0] * 1000:.1f} ms, stable's at most {s_bounds[1] * 1000:.1f} ms) "
-        f"{beyond_noise:.2f}, {'above' if failed else 'within'} the maximum {gates.max_latency_p95_ratio:g}",
+        f"{beyond_noise:.2f}, {verdict} the maximum {limit:g}",
     )
 
 

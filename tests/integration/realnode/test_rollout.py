@@ -267,9 +267,7 @@ def test_a_bad_version_is_rolled_back_at_its_first_weighted_step(bench: Bench, m
     assert md["metadata"]["generation"] == generation
     # Rolled back at the first step, by failureLimit failed analyses in a row, none passing before:
     assert rollout["step"] == 0 and rollout["consecutiveFailures"] == failure_limit
-    conclusive = [v for v in record.verdicts
-                  if min(float(v["measured"].get(f"{track}Requests", 0)) for track in ("canary", "stable"))
-                  >= MIN_REQUESTS]
+    conclusive = [v for v in record.verdicts if v["result"] != "Inconclusive"]  # windows that could tell
     assert [v["result"] for v in conclusive] == ["Fail"] * len(conclusive) and len(conclusive) <= failure_limit
     # Callers only met the canary on its 20% share: its answers and its errors together fit in it.
     sent = sum(during.values())

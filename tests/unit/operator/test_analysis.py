@@ -194,8 +194,9 @@ def test_a_p95_read_from_few_requests_is_judged_beyond_its_noise() -> None:
     verdict = judge(canary, stable, Gates(min_requests=50, max_output_psi=None))
     measured = verdict.measured()
     assert measured["latencyP95Ratio"] > 1.5  # the point estimate alone would fail it
-    assert verdict.result == "Pass" and measured["latencyP95RatioBeyondNoise"] < 1.5, verdict.message
-    assert "beyond noise" in verdict.message
+    # Not a failure, nor a pass either: the window cannot tell, so the step holds.
+    assert (verdict.result, verdict.gate) == ("Inconclusive", "latencyP95Ratio"), verdict.message
+    assert measured["latencyP95RatioBeyondNoise"] < 1.5 and "within noise of the maximum" in verdict.message
 
 
 def test_quantile_bounds_hold_the_estimate_and_narrow_with_more_requests() -> None:
