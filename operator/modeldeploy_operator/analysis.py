@@ -21,7 +21,13 @@ Gates, in the order they are judged (the first that fails names the verdict):
   tracks alike, so they cancel out.
 - **latency p95 ratio**: the p95 of each track, interpolated from the cumulative histogram buckets as
   PromQL's `histogram_quantile` does, each floored at `latency_floor_seconds` (below it, differences are
-  scheduling noise), canary / stable above `max_latency_p95_ratio`.
+  scheduling noise). A p95 read from a few dozen requests is mostly its slowest two or three, so the
+  gate compares bounds, as the error gates do: the number of requests below the true p95 is binomial,
+  so its rank has Wilson bounds; the canary's p95 at the *lower* bound of its rank over stable's at the
+  *upper* bound of its rank (`latencyP95RatioBeyondNoise`) must exceed `max_latency_p95_ratio` to
+  fail. A p95 ratio above the maximum that noise could explain is inconclusive: the step holds and the
+  failure count is neither raised nor reset. An identical model then does not fail on a noisy window,
+  and a model several times slower is not passed on a window too small to show it.
 - **output drift**: per output, the Population Stability Index between the two tracks' bin counts,
   ``PSI = sum((c - s) * ln(c / s))`` over bins with `c`, `s` the canary's and stable's shares, each floored
   at `PSI_EPSILON` (1e-4, as the server's input-drift score). Sparse bins make PSI swing on single values,
@@ -191,6 +197,17 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None
     return lower_bound
 
 
+def quantile_bounds(q: float, buckets: Mapping[float, float]) -> tuple[float, float] | None:
+    """Where the true `q`-quantile lies (one-sided 95% each way): the histogram's quantiles at the
+    Wilson bounds of the rank; None without observations."""
+    total = max(buckets.values(), default=0.0)
+    if total <= 0:
+        return None
+    low_rank, high_rank = wilson_bounds(q * total, total)
+    low, high = histogram_quantile(low_rank, buckets), histogram_quantile(high_rank, buckets)
+    return (low, high) if low is not None and high is not None else None
+
+
 def psi(canary: Mapping[str, float], stable: Mapping[str, float]) -> tuple[float, float]:
     """(PSI between the two bin counts, the PSI expected from sampling noise alone)."""
     n_canary, n_stable = sum(canary.values()), sum(stable.values())
@@ -292,14 +309,21 @@ def _latency_gate(canary: TrackSample, stable: TrackSample, gates: Gates) -> Gat
     s_p95 = histogram_quantile(0.95, stable.latency_buckets)
     if c_p95 is None or s_p95 is None:
         return GateResult(GATE_LATENCY, INCONCLUSIVE, {}, "no latency histogram observations on a track")
-    ratio = max(c_p95, gates.latency_floor_seconds) / max(s_p95, gates.latency_floor_seconds)
+    floor = gates.latency_floor_seconds
+    ratio = max(c_p95, floor) / max(s_p95, floor)
+    c_bounds, s_bounds = quantile_bounds(0.95, canary.latency_buckets), quantile_bounds(0.95, stable.latency_buckets)
+    assert c_bounds is not None and s_bounds is not None  # both histograms have observations
+    beyond_noise = max(c_bounds[0], floor) / max(s_bounds[1], floor)
     measured = {"canaryLatencyP95Seconds": round(c_p95, 6), "stableLatencyP95Seconds": round(s_p95, 6),
-                "latencyP95Ratio": round(ratio, 3)}
-    failed = ratio > gates.max_latency_p95_ratio
+                "latencyP95Ratio": round(ratio, 3), "latencyP95RatioBeyondNoise": round(beyond_noise, 3)}
+    limit = gates.max_latency_p95_ratio
+    result = FAILED if beyond_noise > limit else INCONCLUSIVE if ratio > limit else PASSED
+    verdict = {FAILED: "above", INCONCLUSIVE: "within noise of", PASSED: "within"}[result]
     return GateResult(
-        GATE_LATENCY, FAILED if failed else PASSED, measured,
-        f"canary p95 {c_p95 * 1000:.1f} ms against stable {s_p95 * 1000:.1f} ms: ratio {ratio:.2f} "
-        f"{'above' if failed else 'within'} the maximum {gates.max_latency_p95_ratio:g}",
+        GATE_LATENCY, result, measured,
+        f"canary p95 {c_p95 * 1000:.1f} ms against stable {s_p95 * 1000:.1f} ms: ratio {ratio:.2f}; beyond "
+        f"noise (canary's p95 at least {c_bounds[0] * 1000:.1f} ms, stable's at most {s_bounds[1] * 1000:.1f} ms) "
+        f"{beyond_noise:.2f}, {verdict} the maximum {limit:g}",
     )
 
 

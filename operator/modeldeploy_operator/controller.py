@@ -332,7 +332,8 @@ class Controller:
                 self.scraper.begin(key, snapshot.pods)
         else:
             self.scraper.forget(key)
-        decision = rollouts.decide(previous, spec, now, verdict, command, window_started)
+        canary_ready = statuses.serves(snapshot.deployments.get("canary"))
+        decision = rollouts.decide(previous, spec, now, verdict, command, window_started, canary_ready)
         # From the unrounded clock, a hair past the recorded end: the wake-up finds the window due.
         recheck = rollouts.recheck_in(decision.state, precise, rollout)
         if recheck is not None:

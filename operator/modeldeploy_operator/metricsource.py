@@ -12,6 +12,7 @@ by the `track` label the chart's ServiceMonitor adds.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import urllib.parse
@@ -23,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_operator.analysis import TrackSample, combine, window
 from modeldeploy_operator.status import PodView
+
+log = logging.getLogger(__name__)
 
 REQUESTS = "modeldeploy_requests"
 LATENCY = "modeldeploy_request_duration_seconds"
@@ -94,24 +97,32 @@ class PodScraper:
         host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
         return f"http://{host}:{self.port}/metrics"
 
-    def _read(self, pods: Iterable[PodView], track: str) -> dict[str, TrackSample]:
+    def _read(self, pods: Iterable[PodView], track: str, before: Mapping[str, TrackSample]
+              ) -> dict[str, TrackSample]:
         samples = {}
         for pod in pods:
             if pod.track != track or not pod.ip:
                 continue
             try:
                 samples[pod.name] = scrape(self.url(pod))
-            except (OSError, ValueError):
-                continue  # a pod going away or not listening yet: it adds nothing to this window
+            except (OSError, ValueError) as error:
+                # A pod going away, not listening yet or too slow to answer adds nothing to this window.
+                # Its last reading stays its baseline: the next window it answers in counts what it served
+                # since then, not its whole life.
+                log.info("no metrics from pod %s (%s track) this window: %s", pod.name, track, error)
+                if pod.name in before:
+                    samples[pod.name] = before[pod.name]
         return samples
 
     def read(self, key: tuple[str, str], pods: Iterable[PodView]) -> tuple[TrackSample, TrackSample] | None:
         """End the current window: (canary, stable) increases since the last call, or None the first time
         (the window starts now)."""
         pods = list(pods)
-        now = _Baseline(self._read(pods, "stable"), self._read(pods, "canary"))
         with self._lock:
             before = self._baselines.get(key)
+        last = before or _Baseline({}, {})
+        now = _Baseline(self._read(pods, "stable", last.stable), self._read(pods, "canary", last.canary))
+        with self._lock:
             self._baselines[key] = now
         if before is None:
             return None

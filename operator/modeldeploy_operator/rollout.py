@@ -169,9 +169,13 @@ def _verdict_record(verdict: analysis.Verdict, now: dt.datetime) -> dict[str, An
     return record
 
 
-def _routing(state: RolloutState, rollout: specs.Rollout) -> Routing:
+def _routing(state: RolloutState, rollout: specs.Rollout, canary_ready: bool = True) -> Routing:
+    """The step's split; none of it to a canary whose pods are not all ready yet (a weight would send
+    callers to a backend without endpoints: errors, not a judgement of the model)."""
     if state.phase not in ("Progressing", "Paused") or state.canary is None:
         return Routing(state.stable)
+    if not canary_ready:
+        return Routing(state.stable, state.canary)
     step = rollout.steps[min(state.step, len(rollout.steps) - 1)]
     return Routing(state.stable, state.canary, weight=step.weight or 0, mirror=step.mirror or 0)
 
@@ -184,6 +188,13 @@ def _start(state: RolloutState, desired: Mapping[str, str], now: dt.datetime, ro
     return RolloutState(phase="Progressing", stable=state.stable, canary=desired, step=0, steps=len(rollout.steps),
                         started_at=now,
                         step_started_at=now, failed=None, message=f"step 1/{len(rollout.steps)}")
+
+
+def _waiting(state: RolloutState, steps: int) -> RolloutState:
+    """Held until the canary's pods are ready: no traffic to it and no step timer (a fixed state, so
+    reconciles meanwhile write nothing)."""
+    return replace(state, step_started_at=None, message=f"step {state.step + 1}/{steps}: waiting for the "
+                   "canary's pods to be ready before sending it traffic")
 
 
 def _roll_back(state: RolloutState, gate: str, message: str, events: list[Event]) -> RolloutState:
@@ -207,13 +218,16 @@ def decide(
     verdict: analysis.Verdict | None = None,
     command: Command | None = None,
     window_started: dt.datetime | None = None,
+    canary_ready: bool = True,
 ) -> Decision:
     """One step of the machine. `verdict` is the analysis of the window that just ended (None: none due, or
     the first window); `command` an imperative request from `kubectl modeldeploy rollout ...` (read from
-    status); `window_started` when the next analysis window began (given whenever an analysis was due).
+    status); `window_started` when the next analysis window began (given whenever an analysis was due);
+    `canary_ready` whether every pod of the canary track runs and is ready: until then the canary gets
+    no traffic and the step's timer does not start.
 
     The window's start is kept in status, so a restarted operator judges on the same schedule."""
-    decision = _decide(previous, spec, now, verdict, command)
+    decision = _decide(previous, spec, now, verdict, command, canary_ready)
     state = decision.state
     if not state.judged:
         state = replace(state, analysis_started_at=None)  # paused or over: the next window starts on resume
@@ -228,6 +242,7 @@ def _decide(
     now: dt.datetime,
     verdict: analysis.Verdict | None,
     command: Command | None,
+    canary_ready: bool,
 ) -> Decision:
     rollout = spec.rollout
     desired = model_key(spec.model)
@@ -254,7 +269,9 @@ def _decide(
                 events.append(Event("Normal", "RolloutSuperseded",
                                     f"canary {_describe(state.canary)} replaced by {_describe(desired)}"))
             state = _start(state, desired, now, rollout, events)
-        return Decision(state, _routing(state, rollout), tuple(events), analyse=False)
+            if not canary_ready:
+                state = _waiting(state, len(rollout.steps))
+        return Decision(state, _routing(state, rollout, canary_ready), tuple(events), analyse=False)
 
     if state.canary is None:
         return Decision(state, _routing(state, rollout), tuple(events))
@@ -275,7 +292,7 @@ def _decide(
             state = replace(state, phase="Paused", paused_at=now)
         state = replace(state, paused_by_command=by_command, message=f"paused at step {state.step + 1}/"
                         f"{len(rollout.steps)}")
-        return Decision(state, _routing(state, rollout), tuple(events))
+        return Decision(state, _routing(state, rollout, canary_ready), tuple(events))
     if state.phase == "Paused":
         # Resume: the pause is not counted against the step's timer nor the deadline.
         held = now - (state.paused_at or now)
@@ -291,6 +308,11 @@ def _decide(
                            f"not promoted within {rollout.progress_deadline or '1h'} (at step {state.step + 1})",
                            events)
         return Decision(state, _routing(state, rollout), tuple(events))
+
+    if not canary_ready:
+        return Decision(_waiting(state, len(rollout.steps)), _routing(state, rollout, canary_ready), tuple(events))
+    if state.step_started_at is None:  # the canary just became ready: the step's pause starts now
+        state = replace(state, step_started_at=now, message=f"step {state.step + 1}/{len(rollout.steps)}")
 
     if verdict is not None:
         record = _verdict_record(verdict, now)

@@ -302,6 +302,14 @@ def _model_source(obs: Observation) -> _Cond:
     return _Cond(MODEL_SOURCE_READY, "True", "ClaimBound", f"PersistentVolumeClaim {claim_names} bound")
 
 
+def serves(view: DeploymentView | None) -> bool:
+    """Whether a track's Deployment has rolled out its latest spec and every replica is ready: what a
+    rollout waits for before it sends the canary any traffic."""
+    if view is None or view.problem is not None or view.observed_generation < view.generation:
+        return False
+    return view.replicas > 0 and view.updated_replicas >= view.replicas and view.ready_replicas >= view.replicas
+
+
 def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
     """The track's condition plus its ready and desired pod counts."""
     kind = TRACK_CONDITION[track]

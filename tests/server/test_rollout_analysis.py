@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from modeldeploy_operator import analysis
 from modeldeploy_operator.metricsource import PodScraper
 from modeldeploy_operator.status import PodView
-from testsupport.onnx_models import build_slow
+from testsupport.onnx_models import build_slow, failing_on_large_inputs, shifted
 
 DEFAULT_GATES = analysis.Gates()
 PODS = (PodView("stable-0", "stable", True, ip="127.0.0.1"), PodView("canary-0", "canary", True, ip="127.0.0.1"))
@@ -34,43 +32,6 @@ class LoopbackScraper(PodScraper):
 
     def url(self, pod: PodView) -> str:
         return self.urls[pod.name]
-
-
-def shifted(source: Path, path: Path, by: float) -> Path:
-    """The same model with every output moved by `by`."""
-    model = onnx.load(str(source))
-    for index, tensor in enumerate(model.graph.initializer):
-        if tensor.name == "b2":
-            moved = numpy_helper.to_array(tensor) + np.float32(by)
-            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(moved.astype(np.float32), "b2"))
-    onnx.save(model, str(path))
-    return path
-
-
-def failing_on_large_inputs(source: Path, path: Path) -> Path:
-    """The same model, plus a Gather whose index is floor(max(input) / 1.25) into a table of 2: inputs
-    with a value >= 2.5 (about a third of 64 standard normal values) make onnxruntime fail the run (index
-    out of bounds); the others are answered as before."""
-    model = onnx.load(str(source))
-    graph = model.graph
-    graph.initializer.extend([
-        numpy_helper.from_array(np.zeros(2, dtype=np.float32), "table"),
-        numpy_helper.from_array(np.array(1.25, dtype=np.float32), "scale"),
-    ])
-    graph.node.extend([
-        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
-        helper.make_node("Div", ["peak", "scale"], ["peak_scaled"]),
-        helper.make_node("Floor", ["peak_scaled"], ["peak_floor"]),
-        helper.make_node("Cast", ["peak_floor"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["table", "index"], ["zero"]),
-        helper.make_node("Add", ["output_raw", "zero"], ["output"]),
-    ])
-    for node in graph.node:
-        if node.op_type == "Add" and node.input[1] == "b2":
-            node.output[0] = "output_raw"
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 def judge_pair(start_server: Callable[..., Any], stable_model: Path, canary_model: Path, requests: int,
@@ -136,3 +97,30 @@ def test_a_model_failing_on_some_inputs_fails_the_error_increase_gate(start_serv
 def test_no_traffic_is_inconclusive(start_server: Callable[..., Any], model_dir: Path) -> None:
     verdict, _ = judge_pair(start_server, model_dir / "mlp.onnx", model_dir / "mlp.onnx", 0)
     assert (verdict.result, verdict.gate) == ("Inconclusive", None)
+
+
+def test_a_pod_missing_from_one_reading_counts_only_what_it_served_since_its_last(
+    start_server: Callable[..., Any], model_dir: Path
+) -> None:
+    """A scrape that fails (a pod too busy to answer in time) must not make the next window count the
+    pod's whole life: its last reading stays its baseline."""
+    stable = start_server(model_dir / "mlp.onnx", name="model")
+    canary = start_server(model_dir / "mlp.onnx", name="model")
+    urls = {"stable-0": f"{stable.url}/metrics", "canary-0": f"{canary.url}/metrics"}
+    scraper = LoopbackScraper(urls)
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]}
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            assert canary.client.post("/v2/models/model/infer", json=body).status_code == 200
+
+    send(20)  # served before the rollout's first window
+    assert scraper.read(("ns", "md"), PODS) is None
+    send(10)
+    urls["canary-0"] = "http://127.0.0.1:9/metrics"  # nothing listens: this reading misses the pod
+    missed = scraper.read(("ns", "md"), PODS)
+    assert missed is not None and missed[0].total == 0
+    send(5)
+    urls["canary-0"] = f"{canary.url}/metrics"
+    window = scraper.read(("ns", "md"), PODS)
+    assert window is not None and window[0].total == 15  # since the last reading, not 35

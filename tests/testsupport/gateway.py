@@ -136,3 +136,98 @@ class Client:
                 streak = streak + 1 if self.send() == track else 0
             except (OSError, http.client.HTTPException, AssertionError):
                 streak = 0
+
+
+TRAFFIC_LIMIT_S = 600.0
+
+
+@dataclass
+class Traffic:
+    """Bounded closed-loop load through the gateway while a rollout runs: each request one of `inputs`
+    (rows of FP32 [1, 64]), each answer named by the model whose known outputs it matches
+    (`outputs`: model -> one row of answers per input), each failure by its HTTP status.
+
+    Paced (`pause` between a thread's requests) so the shared machine keeps room for the pods and the
+    operator; stops by itself after TRAFFIC_LIMIT_S whatever happens."""
+
+    base_url: str
+    inputs: list[list[float]]
+    outputs: Mapping[str, list[list[float]]]
+    threads: int = 4
+    pause: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+        self.recent: list[str] = []  # the last answers, newest last
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+        parsed = urllib.parse.urlsplit(self.base_url)
+        self._host, self._port = parsed.hostname or "", parsed.port or 80
+
+    def _name(self, index: int, data: list[float]) -> str:
+        for model, rows in self.outputs.items():
+            if close(data, rows[index]):
+                return model
+        return "unknown-answer"
+
+    def _one(self, connection: http.client.HTTPConnection, index: int) -> str:
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                       "data": self.inputs[index]}]})
+        connection.request("POST", f"/v2/models/{NAME}/infer", body=body,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            return f"http-{response.status}"
+        return self._name(index, [float(x) for x in json.loads(payload)["outputs"][0]["data"]])
+
+    def _run(self, offset: int, deadline: float) -> None:
+        connection = http.client.HTTPConnection(self._host, self._port, timeout=30)
+        index = offset
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            index = (index + self.threads) % len(self.inputs)
+            try:
+                what = self._one(connection, index)
+            except (OSError, http.client.HTTPException) as error:
+                what = f"connection-{type(error).__name__}"
+                connection.close()
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=30)
+            with self._lock:
+                self.seen[what] += 1
+                self.recent.append(what)
+                del self.recent[:-200]
+            self._stop.wait(self.pause)
+        connection.close()
+
+    def start(self) -> Traffic:
+        deadline = time.monotonic() + TRAFFIC_LIMIT_S
+        for offset in range(self.threads):
+            thread = threading.Thread(target=self._run, args=(offset, deadline), daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def stop(self) -> Counter[str]:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=60)
+        return self.counts()
+
+    def counts(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.seen)
+
+    def last(self, count: int) -> list[str]:
+        with self._lock:
+            return self.recent[-count:]
+
+    def settled_on(self, model: str, in_a_row: int = 50) -> bool:
+        """Whether the last `in_a_row` answers all came from `model`."""
+        last = self.last(in_a_row)
+        return len(last) == in_a_row and set(last) == {model}
+
+
+def failures(counts: Mapping[str, int]) -> int:
+    """Requests a caller saw fail: an HTTP error or a broken connection."""
+    return sum(count for what, count in counts.items() if what.startswith(("http-", "connection-")))

@@ -163,3 +163,77 @@ def build_constrained(path: Path) -> Path:
         initializer=[numpy_helper.from_array(np.arange(4, dtype=np.float32), "bias")],
     )
     return save(graph, path)
+
+
+# Versions of a model for rollout tests: each is `build_mlp`'s model changed in one way, with the same
+# input ``input`` FP32 [batch, 64] and output ``output`` FP32 [batch, 8].
+
+
+def shifted(source: Path, path: Path, by: float) -> Path:
+    """The same model with every output moved by `by` (its last bias `b2` changed)."""
+    model = onnx.load(str(source))
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name == "b2":
+            moved = numpy_helper.to_array(tensor) + np.float32(by)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(moved.astype(np.float32), "b2"))
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _save_with_added_output(model: onnx.ModelProto, path: Path) -> Path:
+    """`build_mlp`'s last Add now writes ``output_raw``; the nodes appended after it compute ``output``."""
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.input[1] == "b2":
+            node.output[0] = "output_raw"
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def failing_on_large_inputs(source: Path, path: Path) -> Path:
+    """The same model, plus a Gather whose index is floor(max(input) / 1.25) into a table of 2: inputs
+    with a value >= 2.5 (about a third of 64 standard normal values) make onnxruntime fail the run (index
+    out of bounds); the others are answered as before."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    graph.initializer.extend([
+        numpy_helper.from_array(np.zeros(2, dtype=np.float32), "table"),
+        numpy_helper.from_array(np.array(1.25, dtype=np.float32), "scale"),
+    ])
+    graph.node.extend([
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+        helper.make_node("Div", ["peak", "scale"], ["peak_scaled"]),
+        helper.make_node("Floor", ["peak_scaled"], ["peak_floor"]),
+        helper.make_node("Cast", ["peak_floor"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["zero"]),
+        helper.make_node("Add", ["output_raw", "zero"], ["output"]),
+    ])
+    return _save_with_added_output(model, path)
+
+
+def slowed(source: Path, path: Path, layers: int = 32, width: int = 2048) -> Path:
+    """The same answers after `layers` extra matrix products on the input: one shared width x width
+    matrix (a few MB, whatever `layers`), so the model is many times slower but no bigger in memory.
+    The extra work is added to the output times zero, which onnxruntime does not fold away."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    rng = np.random.default_rng(11)
+    graph.initializer.extend([
+        numpy_helper.from_array((rng.standard_normal((64, width)) / 8).astype(np.float32), "widen"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "square"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "nothing"),
+    ])
+    nodes = [helper.make_node("MatMul", ["input", "widen"], ["work0"])]
+    for index in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"work{index}", "square"], [f"mm{index}"]))
+        nodes.append(helper.make_node("Tanh", [f"mm{index}"], [f"work{index + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"work{layers}"], ["work_sum"], keepdims=1),
+        helper.make_node("Mul", ["work_sum", "nothing"], ["work_zero"]),
+        helper.make_node("Add", ["output_raw", "work_zero"], ["output"]),
+    ]
+    graph.node.extend(nodes)
+    return _save_with_added_output(model, path)

@@ -4,14 +4,17 @@ whose pods run the serving image built from Dockerfile.server and load models fr
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import envoy_gateway
 import localcluster
+from localkube import images
 from localkube.metrics import MetricsStack
-from testsupport.operator_harness import install_crd
+from testsupport.operator_harness import install_crd, uninstall_gateway_api
 from testsupport.realpods import Serving, operator_with_claim
 
 Cluster = localcluster.Cluster
@@ -47,3 +50,22 @@ def prometheus(metrics_stack: MetricsStack) -> MetricsStack:
     metrics_stack.start_prometheus()
     metrics_stack.install_keda_crds()
     return metrics_stack
+
+
+@pytest.fixture(scope="module")
+def gateway(real_cluster: localcluster.Cluster) -> Iterator[str]:
+    """Envoy Gateway installed with its chart, a Gateway `gateway/public`; yields its namespace/name."""
+    namespace = f"gateway-{uuid.uuid4().hex[:6]}"
+    try:
+        envoy_gateway.install(real_cluster, envoy_gateway.build_images(images.ensure_docker()))
+        real_cluster.kubectl("create", "namespace", namespace)
+        real_cluster.apply_objects(*envoy_gateway.gateway_objects(namespace))
+        real_cluster.kubectl("wait", "-n", namespace, "--for=condition=Programmed", "--timeout=180s",
+                             "gateway/public")
+        yield f"{namespace}/public"
+    finally:
+        # Also after a failed setup: the session's real cluster goes on to tests that expect no router.
+        real_cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+        real_cluster.kubectl("delete", "gatewayclass", "envoy", "--ignore-not-found", check=False)
+        envoy_gateway.uninstall(real_cluster)
+        uninstall_gateway_api(real_cluster)

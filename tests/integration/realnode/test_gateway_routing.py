@@ -8,17 +8,10 @@ counters (their /metrics) say it again, independently of the gateway.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 import envoy_gateway
-import localcluster
-from localkube import images
 from testsupport.gateway import Client, binomial_bounds, served_per_track
-from testsupport.operator_harness import uninstall_gateway_api
 from testsupport.realpods import Serving, expected_output, model_deployment, write_model
 
 V1 = "sentiment/v1/model.onnx"
@@ -26,25 +19,6 @@ V2 = "sentiment/v2/model.onnx"
 REQUESTS = 2000
 READY_TIMEOUT_S = 240.0
 HEADER = {"x-model-variant": "v2"}
-
-
-@pytest.fixture(scope="module")
-def gateway(real_cluster: localcluster.Cluster) -> Iterator[str]:
-    """Envoy Gateway installed with its chart, a Gateway `gateway/public`; yields its namespace/name."""
-    namespace = f"gateway-{uuid.uuid4().hex[:6]}"
-    try:
-        envoy_gateway.install(real_cluster, envoy_gateway.build_images(images.ensure_docker()))
-        real_cluster.kubectl("create", "namespace", namespace)
-        real_cluster.apply_objects(*envoy_gateway.gateway_objects(namespace))
-        real_cluster.kubectl("wait", "-n", namespace, "--for=condition=Programmed", "--timeout=180s",
-                             "gateway/public")
-        yield f"{namespace}/public"
-    finally:
-        # Also after a failed setup: the session's real cluster goes on to tests that expect no router.
-        real_cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
-        real_cluster.kubectl("delete", "gatewayclass", "envoy", "--ignore-not-found", check=False)
-        envoy_gateway.uninstall(real_cluster)
-        uninstall_gateway_api(real_cluster)
 
 
 def canary_deployment(s: Serving, gateway: str, canary: dict[str, Any]) -> Client:

@@ -225,3 +225,30 @@ def test_wilson_bounds() -> None:
     low, high = analysis.wilson_bounds(50, 100)
     assert low < 0.5 < high
     assert analysis.wilson_bounds(0, 100)[0] == 0.0
+
+
+def test_a_p95_read_from_few_requests_is_judged_beyond_its_noise() -> None:
+    # The same service time on both tracks; the canary's 60 requests happen to hold 4 slow ones of 300
+    # stable requests' 10 (the windows a real rollout showed for an identical model, p95 ratio 1.7-1.9).
+    stable = TrackSample({"ok": 300}, {0.01: 250.0, 0.02: 280.0, 0.04: 290.0, 0.08: 300.0, INF: 300.0})
+    canary = TrackSample({"ok": 60}, {0.01: 50.0, 0.02: 55.0, 0.04: 56.0, 0.08: 60.0, INF: 60.0})
+    verdict = judge(canary, stable, Gates(min_requests=50, max_output_psi=None))
+    measured = verdict.measured()
+    assert measured["latencyP95Ratio"] > 1.5  # the point estimate alone would fail it
+    # Not a failure, nor a pass either: the window cannot tell, so the step holds.
+    assert (verdict.result, verdict.gate) == ("Inconclusive", "latencyP95Ratio"), verdict.message
+    assert measured["latencyP95RatioBeyondNoise"] < 1.5 and "within noise of the maximum" in verdict.message
+
+
+def test_quantile_bounds_hold_the_estimate_and_narrow_with_more_requests() -> None:
+    shape = {0.01: 0.5, 0.02: 0.8, 0.04: 0.9, 0.08: 0.97, 0.16: 1.0, INF: 1.0}
+    widths = []
+    for total in (60, 600, 6000):
+        buckets = {bound: share * total for bound, share in shape.items()}
+        bounds = analysis.quantile_bounds(0.95, buckets)
+        estimate = histogram_quantile(0.95, buckets)
+        assert bounds is not None and estimate is not None
+        assert bounds[0] <= estimate <= bounds[1]
+        widths.append(bounds[1] - bounds[0])
+    assert widths[0] > widths[1] > widths[2]
+    assert analysis.quantile_bounds(0.95, {0.01: 0.0, INF: 0.0}) is None

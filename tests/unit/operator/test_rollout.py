@@ -310,3 +310,21 @@ def test_status_names_the_approximation_without_a_router(routing: Routing, statu
     else:
         assert found is not None and found.startswith("no routing backend (Istio or the Gateway API): ")
         assert says in found
+
+
+def test_the_canary_gets_no_traffic_and_no_step_timer_until_its_pods_are_ready() -> None:
+    starting = decide(RolloutState(stable=V1), spec(steps=STEPS[1:]), T0, canary_ready=False)
+    assert starting.routing == Routing(V1, V2, weight=0, mirror=0)
+    assert starting.state.step_started_at is None and "waiting for the canary" in starting.state.message
+    still = decide(starting.state, spec(steps=STEPS[1:]), at(400), PASS, canary_ready=False)
+    assert (still.routing, still.state, still.events) == (starting.routing, starting.state, ())
+    ready = decide(still.state, spec(steps=STEPS[1:]), at(500), PASS, canary_ready=True)
+    assert ready.routing == Routing(V1, V2, weight=10)
+    assert (ready.state.step, ready.state.step_started_at) == (0, at(500))  # the pause starts now
+    assert decide(ready.state, spec(steps=STEPS[1:]), at(799), PASS).state.step == 0
+    assert decide(ready.state, spec(steps=STEPS[1:]), at(800), PASS).state.step == 1
+
+
+def test_a_paused_rollout_sends_no_traffic_to_a_canary_that_is_not_ready() -> None:
+    paused = decide(started().state, spec(paused=True), at(60), canary_ready=False)
+    assert paused.state.phase == "Paused" and paused.routing == Routing(V1, V2)

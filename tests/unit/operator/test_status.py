@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from modeldeploy_operator import names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as st
@@ -323,3 +325,18 @@ def test_invalid_spec_status_keeps_other_conditions() -> None:
 def test_long_messages_are_clipped() -> None:
     pod = st.summarize_pod(terminated_pod("x" * 10000))
     assert pod.problem is not None and len(pod.problem.message) <= st.MAX_MESSAGE
+
+
+@pytest.mark.parametrize(("view", "serving"), [
+    (None, False),  # not created yet
+    (st.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1), True),
+    (st.DeploymentView("c", 2, 1, replicas=1, ready_replicas=1, updated_replicas=1), False),  # spec not seen yet
+    (st.DeploymentView("c", 2, 2, replicas=2, ready_replicas=2, updated_replicas=1), False),  # rolling out
+    (st.DeploymentView("c", 1, 1, replicas=2, ready_replicas=1, updated_replicas=2), False),  # a pod not ready
+    (st.DeploymentView("c", 1, 1, replicas=0, ready_replicas=0, updated_replicas=0), False),  # no replicas
+    (st.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1,
+                       problem=st.Problem("ReplicaFailure", "quota")), False),
+])
+def test_a_track_serves_once_every_replica_runs_its_latest_spec(view: st.DeploymentView | None,
+                                                                 serving: bool) -> None:
+    assert st.serves(view) is serving
