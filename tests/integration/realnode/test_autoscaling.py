@@ -259,6 +259,7 @@ def held_without_metrics(s: Scaling, name: str, down: str, reason: str) -> list[
     return counts
 
 
+@pytest.mark.timeout(900)  # two holds of 45 s, two restarts and a scale-in on a busy node
 def test_metrics_missing_keep_the_replicas_and_say_so(scaling: Scaling, keda: MetricsStack) -> None:
     """The track runs above its minimum when its metrics go away: first KEDA (operator and metrics
     adapter stopped: the external metrics API is gone), then Prometheus (KEDA back, nothing to query).
