@@ -225,21 +225,26 @@ def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Sca
     print(timeline, f"CPU values the CPU-only autoscaler saw: {sorted(set(cpu_seen))}", sep="\n")
 
 
+def scales_alone(s: Scaling, name: str, loaded: str, idle: str) -> None:
+    """Load straight at one track's pods: it scales out on its own in-flight requests, the other stays at 1."""
+    pods = s.pod_urls(name, loaded)
+    load = Load(lambda: pods, name, clients=6).start()
+    try:
+        def loaded_only() -> bool:
+            assert s.wanted(name, idle) == 1, f"{idle} scaled on the {loaded} track's load"
+            return s.ready(name, loaded) > 1
+        s.harness.eventually(loaded_only, SCALE_TIMEOUT_S, f"{loaded} to scale out alone")
+    finally:
+        load.stop()
+
+
 def test_canary_and_stable_scale_independently(scaling: Scaling, keda: MetricsStack) -> None:
     s, h = scaling, scaling.harness
     canary = {"model": {"pvc": "models", "path": MODEL}, "trafficPercent": 0, "replicas": {"min": 1, "max": 2}}
     s.apply("tracks", {"concurrency": 2}, replicas={"min": 1, "max": 3}, canary=canary)
     h.wait_condition("tracks", "Ready", "True", timeout=180)
     h.wait_condition("tracks", "AutoscalingReady", "True", "ScalingActive", timeout=120)
-    stable_pods = s.pod_urls("tracks", "stable")
-    load = Load(lambda: stable_pods, "tracks", clients=6).start()
-    try:
-        def stable_only() -> bool:
-            assert s.wanted("tracks", "canary") == 1, "the canary scaled on the stable track's load"
-            return s.ready("tracks", "stable") > 1
-        h.eventually(stable_only, SCALE_TIMEOUT_S, "the stable track to scale alone")
-    finally:
-        load.stop()
+    scales_alone(s, "tracks", loaded="stable", idle="canary")
     status = h.md("tracks")["status"]["autoscaling"]
     assert status["canary"]["autoscaler"] == "ScaledObject/tracks-canary"
     assert status["canary"]["desiredReplicas"] == 1
@@ -316,13 +321,5 @@ def test_during_a_rollout_the_canary_scales_on_its_own_load(scaling: Scaling, ke
     status = h.md("rolling")["status"]["autoscaling"]
     assert status["canary"]["autoscaler"] == "ScaledObject/rolling-canary", status
     assert status["canary"]["minReplicas"] == 1, status
-    canary_pods = s.pod_urls("rolling", "canary")
-    load = Load(lambda: canary_pods, "rolling", clients=6).start()
-    try:
-        def canary_only() -> bool:
-            assert s.wanted("rolling", "stable") == 1, "stable scaled on the canary's load"
-            return s.ready("rolling", "canary") > 1
-        h.eventually(canary_only, SCALE_TIMEOUT_S, "the canary to scale on its own in-flight requests")
-    finally:
-        load.stop()
+    scales_alone(s, "rolling", loaded="canary", idle="stable")
     assert h.md("rolling")["status"]["rollout"]["phase"] == "Paused"
