@@ -5,9 +5,11 @@
 #
 # Prometheus and KEDA carry `replace` lines in their go.mod, which `go install pkg@version`
 # refuses; they build through a small wrapper module that requires the release and copies those
-# lines. Prints one `NAME=PATH` line per binary, and `keda-crds=PATH` for KEDA's CRDs (from its module).
+# lines. Prints one `NAME=PATH` line per binary, and for manifests taken from the modules' zips:
+# `keda-crds=PATH` (KEDA's CRDs), `keda-rbac=PATH` and `metrics-server-rbac=PATH` (their upstream RBAC).
 #
-# Usage: build-metrics-binaries.sh [metrics-server] [prometheus] [keda] [keda-crds]   (default: all)
+# Usage: build-metrics-binaries.sh [metrics-server] [prometheus] [keda] [keda-crds] [keda-rbac]
+#                                  [metrics-server-rbac]   (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,25 +65,36 @@ build_wrapped() {  # name, module, version, ldflags, package...
   for pkg in "$@"; do echo "$(basename "$pkg")=$out/$(basename "$pkg")"; done
 }
 
-keda_crds() {  # KEDA's own CRDs, with their schemas, from the release's module zip
-  local out="$cache_root/keda-$KEDA_VERSION/crds.yaml"
+module_manifests() {  # name, out, module, version, globs under the module's root: one YAML stream from its zip
+  local name=$1 out=$2 module=$3 version=$4; shift 4
   if [ ! -s "$out" ]; then
     mkdir -p "$(dirname "$out")"
-    local dir file
-    dir=$(cd "$work_dir" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" \
+    local dir pattern file
+    dir=$(cd "$work_dir" && go mod download -json "$module@$version" \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
     : >"$out.tmp"
-    for file in "$dir"/config/crd/bases/*.yaml; do { echo "---"; cat "$file"; } >>"$out.tmp"; done
+    for pattern in "$@"; do
+      for file in "$dir"/$pattern; do { echo "---"; cat "$file"; } >>"$out.tmp"; done
+    done
     mv "$out.tmp" "$out"
   fi
-  echo "keda-crds=$out"
+  echo "$name=$out"
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(keda-crds metrics-server prometheus keda)
+[ ${#components[@]} -gt 0 ] || components=(keda-crds keda-rbac metrics-server-rbac metrics-server prometheus keda)
 for component in "${components[@]}"; do
   case "$component" in
-    keda-crds) keda_crds ;;
+    # KEDA's own CRDs, with their schemas; its operator's and metrics adapter's RBAC, as upstream ships it
+    keda-crds) module_manifests keda-crds "$cache_root/keda-$KEDA_VERSION/crds.yaml" \
+                 github.com/kedacore/keda/v2 "$KEDA_VERSION" 'config/crd/bases/*.yaml' ;;
+    keda-rbac) module_manifests keda-rbac "$cache_root/keda-$KEDA_VERSION/rbac.yaml" \
+                 github.com/kedacore/keda/v2 "$KEDA_VERSION" config/service_account/service_account.yaml \
+                 config/rbac/role.yaml config/rbac/role_binding.yaml config/metrics-server/role.yaml \
+                 config/metrics-server/role_binding.yaml ;;
+    metrics-server-rbac) module_manifests metrics-server-rbac \
+                 "$cache_root/metrics-server-$METRICS_SERVER_VERSION/rbac.yaml" sigs.k8s.io/metrics-server \
+                 "$METRICS_SERVER_VERSION" manifests/base/rbac.yaml ;;
     metrics-server)
       build_wrapped metrics-server sigs.k8s.io/metrics-server "$METRICS_SERVER_VERSION" \
         "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \

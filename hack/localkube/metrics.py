@@ -2,11 +2,13 @@
 
 Each runs as a process on the host beside the node, not as a pod. They are static Go programs built from
 the module proxy (hack/build-metrics-binaries.sh); from the host they reach the kubelet and the pods
-through the node's routes, and they read the API with the cluster's certificates. The API server reaches
+through the node's routes, and each reads the API as its own ServiceAccount, bound to the RBAC its
+upstream ships (metrics-server's and KEDA's from their modules' zips; Prometheus only lists and watches
+pods): a token kubeconfig, never the cluster's admin certificate. The API server reaches
 the two aggregated APIs (metrics.k8s.io from metrics-server, external.metrics.k8s.io from KEDA's adapter)
 through a selector-less Service whose endpoint is the host's side of the node's link (the API server runs
-with --enable-aggregator-routing). As pods they would need an image each, a ServiceAccount, and a way back
-to an API server that listens on the host anyway: more moving parts for the same behaviour.
+with --enable-aggregator-routing). As pods they would need an image each and a way back to an API server
+that listens on the host anyway: more moving parts for the same behaviour.
 """
 
 from __future__ import annotations
@@ -31,7 +33,23 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "build-metrics-binaries.sh"
 KEDA_NAMESPACE = "keda"
 METRICS_SERVER = "metrics-server"
 KEDA_ADAPTER = "keda-metrics-apiserver"
+KEDA_IDENTITY = "keda-operator"  # upstream runs the operator and the metrics adapter as this ServiceAccount
+PROMETHEUS_IDENTITY = "modeldeploy-prometheus"
 SCRAPE_SECONDS = 5
+
+
+def prometheus_rbac() -> list[dict[str, object]]:
+    """Pod discovery and nothing else: Prometheus scrapes the pods' own /metrics without credentials."""
+    rbac = "rbac.authorization.k8s.io"
+    name = PROMETHEUS_IDENTITY
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": "kube-system"}},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}]},
+    ]
 
 
 def metrics_binaries(*components: str) -> dict[str, Path]:
@@ -92,7 +110,14 @@ class MetricsStack:
         serving = ca.issue("modeldeploy-metrics", server_names=names, server_ips=[self.host, "127.0.0.1"])
         serving.write(self.certs / "tls.crt", self.certs / "tls.key")
         (self.certs / "ca.crt").write_bytes(self.ca_pem)
-        self.kubeconfig = str(self.cluster.kubeconfig)
+
+    def _identity(self, namespace: str, account: str, rbac: Path | list[dict[str, object]]) -> str:
+        """A kubeconfig for one component: its ServiceAccount's token, after its RBAC is applied."""
+        if isinstance(rbac, Path):
+            self.cluster.kubectl("apply", "-f", str(rbac))
+        else:
+            self.cluster.apply_objects(*rbac)
+        return str(self.cluster.service_account_kubeconfig(namespace, account))
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         self.processes[name] = spawn(command, self.workdir / f"{name}.log", self.workdir, detach=False,
@@ -127,14 +152,15 @@ class MetricsStack:
     # metrics-server: `kubectl top`, and numbers for CPU HPAs ----------------------------------------------
 
     def start_metrics_server(self) -> None:
-        binary = metrics_binaries("metrics-server")["metrics-server"]
+        built = metrics_binaries("metrics-server", "metrics-server-rbac")
+        kubeconfig = self._identity("kube-system", METRICS_SERVER, built["metrics-server-rbac"])
         port = self.ports.setdefault("metrics-server", free_port())
         pki = self.cluster.workdir / "pki"
         self._spawn("metrics-server", [
-            str(binary), f"--secure-port={port}", f"--bind-address={self.host}",
+            str(built["metrics-server"]), f"--secure-port={port}", f"--bind-address={self.host}",
             f"--tls-cert-file={self.certs / 'tls.crt'}", f"--tls-private-key-file={self.certs / 'tls.key'}",
-            f"--kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--kubelet-preferred-address-types=InternalIP", f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--kubelet-use-node-status-port", "--node-selector=type=real", "--metric-resolution=15s",
             "--kubelet-request-timeout=5s",
@@ -155,6 +181,7 @@ class MetricsStack:
 
     def start_prometheus(self) -> None:
         binary = metrics_binaries("prometheus")["prometheus"]
+        kubeconfig = self._identity("kube-system", PROMETHEUS_IDENTITY, prometheus_rbac())
         relabel = [
             {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_managed_by"], "regex": "modeldeploy",
              "action": "keep"},
@@ -171,7 +198,7 @@ class MetricsStack:
             "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS - 1}s"},
             "scrape_configs": [{
                 "job_name": "modeldeploy-servers",
-                "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": self.kubeconfig}],
+                "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": kubeconfig}],
                 "relabel_configs": relabel,
             }],
         }
@@ -200,11 +227,12 @@ class MetricsStack:
         self.cluster.wait_established("scaledobjects.keda.sh")
 
     def start_keda(self) -> None:
-        binaries = metrics_binaries("keda")
+        binaries = metrics_binaries("keda", "keda-rbac")
         self.install_keda_crds()
         self.cluster.kubectl("create", "namespace", KEDA_NAMESPACE, check=False)
+        kubeconfig = self._identity(KEDA_NAMESPACE, KEDA_IDENTITY, binaries["keda-rbac"])
         grpc = self.ports.setdefault("keda-grpc", free_port())
-        env = {"KUBECONFIG": self.kubeconfig, "WATCH_NAMESPACE": "", "POD_NAMESPACE": KEDA_NAMESPACE,
+        env = {"KUBECONFIG": kubeconfig, "WATCH_NAMESPACE": "", "POD_NAMESPACE": KEDA_NAMESPACE,
                "POD_NAME": "keda-operator", "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE}
         self._spawn("keda-operator", [
             str(binaries["operator"]), f"--metrics-bind-address=127.0.0.1:{free_port()}",
@@ -220,8 +248,8 @@ class MetricsStack:
             str(binaries["adapter"]), f"--secure-port={port}", f"--bind-address={self.host}",
             f"--cert-dir={self.certs}", f"--tls-cert-file={self.certs / 'tls.crt'}",
             f"--tls-private-key-file={self.certs / 'tls.key'}", f"--metrics-service-address=127.0.0.1:{grpc}",
-            f"--port={free_port()}", f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}", f"--lister-kubeconfig={self.kubeconfig}",
+            f"--port={free_port()}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}", f"--lister-kubeconfig={kubeconfig}",
             "--zap-log-level=info",
         ], env)
         self.cluster.apply_objects(*aggregated_api("external.metrics.k8s.io", "v1beta1", KEDA_NAMESPACE,

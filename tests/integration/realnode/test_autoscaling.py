@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,15 +25,8 @@ from testsupport.realpods import REAL_NODE_SELECTOR, operator_with_claim, write_
 
 Cluster = localcluster.Cluster
 MODEL = "heavy/model.onnx"
+MODEL_V2 = "heavy/v2/model.onnx"
 SCALE_TIMEOUT_S = 150.0
-
-
-# The tests that need KEDA running are opt-in until they have passed on this machine's kind: KEDA's
-# operator takes long to build here, and these three have not yet run end to end.
-needs_keda = pytest.mark.skipif(
-    os.environ.get("MODELDEPLOY_KEDA_TESTS") != "1",
-    reason="KEDA end-to-end tests are opt-in (MODELDEPLOY_KEDA_TESTS=1) until verified on this machine",
-)
 
 
 @pytest.fixture(scope="session")
@@ -51,17 +43,20 @@ class Scaling:
     models: Path
 
     def apply(self, name: str, autoscaling: dict[str, Any], *, replicas: dict[str, int], cpu: str = "100m",
-              cpu_limit: str | None = None, canary: dict[str, Any] | None = None) -> None:
+              cpu_limit: str | None = None, canary: dict[str, Any] | None = None,
+              rollout: dict[str, Any] | None = None, model: str = MODEL) -> None:
         limits: dict[str, str] = {"memory": "512Mi"}
         if cpu_limit:
             limits["cpu"] = cpu_limit
         spec: dict[str, Any] = {
-            "model": {"pvc": "models", "path": MODEL}, "replicas": replicas, "autoscaling": autoscaling,
+            "model": {"pvc": "models", "path": model}, "replicas": replicas, "autoscaling": autoscaling,
             "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": limits},
             "batching": {"maxBatchSize": 1}, "nodeSelector": REAL_NODE_SELECTOR,
         }
         if canary:
             spec["canary"] = canary
+        if rollout:
+            spec["rollout"] = rollout
         manifest = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment",
                     "metadata": {"name": name}, "spec": spec}
         self.harness.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -170,7 +165,6 @@ def test_the_scaled_objects_queries_read_the_pods_signals(scaling: Scaling, prom
     h.eventually(lambda: query_value(s.stack, queries["concurrency"]) == 0, 60, "no requests in flight after")
 
 
-@needs_keda
 def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Scaling, keda: MetricsStack) -> None:
     """Same load on two copies of a CPU-limited model: the CPU HPA sees at most its limit (never above
     target), while in-flight requests pile up and the concurrency autoscaler adds pods."""
@@ -212,53 +206,101 @@ def test_slow_model_scales_on_concurrency_where_cpu_alone_would_not(scaling: Sca
     print(timeline, f"CPU values the CPU-only autoscaler saw: {sorted(set(cpu_seen))}", sep="\n")
 
 
-@needs_keda
+def scales_alone(s: Scaling, name: str, loaded: str, idle: str) -> None:
+    """Load straight at one track's pods: it scales out on its own in-flight requests, the other stays at 1."""
+    pods = s.pod_urls(name, loaded)
+    load = Load(lambda: pods, name, clients=6).start()
+    try:
+        def loaded_only() -> bool:
+            assert s.wanted(name, idle) == 1, f"{idle} scaled on the {loaded} track's load"
+            return s.ready(name, loaded) > 1
+        s.harness.eventually(loaded_only, SCALE_TIMEOUT_S, f"{loaded} to scale out alone")
+    finally:
+        load.stop()
+
+
 def test_canary_and_stable_scale_independently(scaling: Scaling, keda: MetricsStack) -> None:
     s, h = scaling, scaling.harness
     canary = {"model": {"pvc": "models", "path": MODEL}, "trafficPercent": 0, "replicas": {"min": 1, "max": 2}}
     s.apply("tracks", {"concurrency": 2}, replicas={"min": 1, "max": 3}, canary=canary)
     h.wait_condition("tracks", "Ready", "True", timeout=180)
     h.wait_condition("tracks", "AutoscalingReady", "True", "ScalingActive", timeout=120)
-    stable_pods = s.pod_urls("tracks", "stable")
-    load = Load(lambda: stable_pods, "tracks", clients=6).start()
-    try:
-        def stable_only() -> bool:
-            assert s.wanted("tracks", "canary") == 1, "the canary scaled on the stable track's load"
-            return s.ready("tracks", "stable") > 1
-        h.eventually(stable_only, SCALE_TIMEOUT_S, "the stable track to scale alone")
-    finally:
-        load.stop()
+    scales_alone(s, "tracks", loaded="stable", idle="canary")
     status = h.md("tracks")["status"]["autoscaling"]
     assert status["canary"]["autoscaler"] == "ScaledObject/tracks-canary"
     assert status["canary"]["desiredReplicas"] == 1
 
 
-@needs_keda
+def held_without_metrics(s: Scaling, name: str, down: str, reason: str) -> list[int]:
+    """With the track's metrics unreadable: the condition turns False with the reason of whoever noticed,
+    and the count stays for longer than the scale-down window (with metrics it would have gone in)."""
+    held = s.wanted(name)
+    s.harness.wait_condition(name, "AutoscalingReady", "False", reason, timeout=120)
+    counts = []
+    end = time.monotonic() + 45
+    while time.monotonic() < end:
+        counts.append(s.wanted(name))
+        time.sleep(3)
+    assert set(counts) == {held}, f"{down}: replicas moved without metrics: {counts}"
+    return counts
+
+
+@pytest.mark.timeout(900)  # two holds of 45 s, two restarts and a scale-in on a busy node
 def test_metrics_missing_keep_the_replicas_and_say_so(scaling: Scaling, keda: MetricsStack) -> None:
-    """Prometheus goes down while the track runs above its minimum: the HPA cannot read the signal, the
-    condition says so, the count stays (no flapping); with Prometheus back it scales in as it should."""
+    """The track runs above its minimum when its metrics go away: first KEDA (operator and metrics
+    adapter stopped: the external metrics API is gone), then Prometheus (KEDA back, nothing to query).
+    Each time the condition says so and the count stays (no flapping); with both back it scales in."""
     s, h = scaling, scaling.harness
     s.apply("blind", {"concurrency": 2, "scaleDown": {"stabilizationWindowSeconds": 10}},
             replicas={"min": 1, "max": 3})
     h.wait_condition("blind", "Ready", "True", timeout=180)
     h.wait_condition("blind", "AutoscalingReady", "True", "ScalingActive", timeout=120)
+    timeline = Timeline()
     load = Load(service_urls(s, "blind"), "blind", clients=6).start()
     try:
         h.eventually(lambda: s.ready("blind") > 1, SCALE_TIMEOUT_S, "scaling out")
+        timeline.note(f"{s.ready('blind')} pods Ready")
     finally:
         load.stop()
-    s.stack.stop("prometheus")
+        s.stack.stop("keda-operator", "keda-adapter")  # within the 10 s window: nothing scaled in yet
+    timeline.note(f"load stopped, KEDA stopped at {s.wanted('blind')} replicas")
     try:
-        held = s.wanted("blind")
-        failing = h.wait_condition("blind", "AutoscalingReady", "False", timeout=90)
-        assert failing["reason"] in {"FailedGetExternalMetric", "ScaledObjectCheckFailed"}, failing
-        counts = []
-        end = time.monotonic() + 45  # longer than the scale-down window: with metrics it would have gone in
-        while time.monotonic() < end:
-            counts.append(s.wanted("blind"))
-            time.sleep(3)
-        assert set(counts) == {held}, f"replicas moved without metrics: {counts}"
+        # The HPA cannot reach the external metrics API (KEDA's last word on the ScaledObject was Ready).
+        counts = held_without_metrics(s, "blind", "KEDA absent", "FailedGetExternalMetric")
+        timeline.note(f"KEDA absent: held at {counts[0]} replicas, {len(counts)} reads")
+        s.stack.stop("prometheus")
+        s.stack.start_keda()
+        timeline.note("Prometheus stopped, KEDA back")
+        # KEDA answers again, but its query fails: it marks the ScaledObject's trigger as failing.
+        counts = held_without_metrics(s, "blind", "Prometheus down", "TriggerError")
+        timeline.note(f"Prometheus down: held at {counts[0]} replicas, {len(counts)} reads")
     finally:
-        s.stack.start_prometheus()
+        if "keda-operator" not in s.stack.processes:
+            s.stack.start_keda()
+        if "prometheus" not in s.stack.processes:
+            s.stack.start_prometheus()
     h.wait_condition("blind", "AutoscalingReady", "True", timeout=120)
-    h.eventually(lambda: s.wanted("blind") == 1, SCALE_TIMEOUT_S, "scaling in once the metrics are back")
+    h.eventually(lambda: s.wanted("blind") == 1, SCALE_TIMEOUT_S, f"scaling in once the metrics are back\n{timeline}")
+    timeline.note("back at 1 replica")
+    print(timeline)
+
+
+def test_during_a_rollout_the_canary_scales_on_its_own_load(scaling: Scaling, keda: MetricsStack) -> None:
+    """A changed spec.model under spec.rollout becomes a canary: it gets its own ScaledObject with the
+    track's minimum, and its own pods' in-flight requests scale it while stable stays where it is."""
+    s, h = scaling, scaling.harness
+    rollout = {"steps": [{"weight": 50, "pause": "1h"}], "paused": True}
+    autoscaling = {"concurrency": 2}
+    s.apply("rolling", autoscaling, replicas={"min": 1, "max": 3}, rollout=rollout)
+    h.wait_condition("rolling", "Ready", "True", timeout=180)
+    write_heavy_model(s.models, MODEL_V2)
+    s.apply("rolling", autoscaling, replicas={"min": 1, "max": 3}, rollout=rollout, model=MODEL_V2)
+    h.eventually(lambda: h.md("rolling")["status"].get("rollout", {}).get("phase") == "Paused", 60,
+                 "the rollout held at its first step")
+    h.eventually(lambda: s.ready("rolling", "canary") >= 1, 180, "the canary's pod Ready")
+    h.wait_condition("rolling", "AutoscalingReady", "True", "ScalingActive", timeout=120)
+    status = h.md("rolling")["status"]["autoscaling"]
+    assert status["canary"]["autoscaler"] == "ScaledObject/rolling-canary", status
+    assert status["canary"]["minReplicas"] == 1, status
+    scales_alone(s, "rolling", loaded="canary", idle="stable")
+    assert h.md("rolling")["status"]["rollout"]["phase"] == "Paused"

@@ -3,13 +3,15 @@ queries, and the status that shows it — pure functions, plain dict asserts."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from modeldeploy_operator import builders
+from modeldeploy_operator import builders, reconcile
+from modeldeploy_operator import rollout as rollouts
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
 from modeldeploy_operator.builders import Owner
@@ -117,6 +119,36 @@ def test_canary_gets_its_own_scaled_object_with_its_own_bounds_and_series() -> N
     canary = next(c for c in children if c["kind"] == "ScaledObject" and c["metadata"]["name"] == "sentiment-canary")
     assert canary["spec"]["maxReplicaCount"] == 3
     assert 'track="canary"' in canary["spec"]["triggers"][0]["metadata"]["query"]
+
+
+@pytest.mark.parametrize("step", [{"weight": 10}, {"mirror": 50}])
+@pytest.mark.parametrize("keda", [True, False])
+def test_during_a_rollout_the_canary_keeps_its_minimum_and_scales_on_its_own_pods(step: dict[str, int],
+                                                                                   keda: bool) -> None:
+    """The canary a rollout makes from a changed spec.model: its own autoscaler (KEDA's or the CPU HPA),
+    with spec.replicas' bounds whatever its share of requests, reading only its own pods' series."""
+    spec = make_spec(model={"pvc": "models", "path": "b.onnx"}, replicas={"min": 2, "max": 6},
+                     autoscaling={"concurrency": 3}, rollout={"steps": [step, {"weight": 50}]})
+    healthy = rollouts.RolloutState(stable={"pvc": "models", "path": "a.onnx"})
+    decision = rollouts.decide(healthy, spec, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert decision.state.phase == "Progressing"
+    served = reconcile.effective_spec(spec, decision.routing)
+    children = builders.desired_children(OWNER, served, CONFIG, builders.Routers(), keda=keda)
+    autoscalers = {c["metadata"]["name"]: c for c in children
+                   if c["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
+    assert sorted(autoscalers) == ["sentiment-canary", "sentiment-stable"]
+    canary = autoscalers["sentiment-canary"]["spec"]
+    assert canary["scaleTargetRef"]["name"] == "sentiment-canary"
+    if keda:
+        assert (canary["minReplicaCount"], canary["maxReplicaCount"]) == (2, 6)
+        assert canary["triggers"][0]["metadata"]["query"] == (
+            '(sum(modeldeploy_requests_in_flight{namespace="ml",modeldeployment="sentiment",track="canary"}))'
+            " or vector(0)")
+    else:  # KEDA missing: a CPU HPA per track, averaged over that Deployment's own pods
+        assert (canary["minReplicas"], canary["maxReplicas"]) == (2, 6)
+        assert canary["metrics"][0]["resource"]["name"] == "cpu"
+    deployment = next(c for c in children if c["metadata"]["name"] == "sentiment-canary" and c["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"]  # the autoscaler alone sets the count, never a weight
 
 
 def test_fixed_replicas_get_no_autoscaler_even_with_signals() -> None:
