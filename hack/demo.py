@@ -118,7 +118,9 @@ class Demo:
         self.cluster.kubectl("apply", "-f", "-", input=binding)
         kubeconfig = self.cluster.service_account_kubeconfig(NAMESPACE, OPERATOR_ACCOUNT)
         log_path = self.state_dir / "operator.log"
-        env = dict(self.cluster.env, KUBECONFIG=str(kubeconfig), MODELDEPLOY_LIVENESS_ENDPOINT="")
+        metrics_port = localcluster.free_port()  # the operator's own /metrics, on loopback only
+        env = dict(self.cluster.env, KUBECONFIG=str(kubeconfig), MODELDEPLOY_LIVENESS_ENDPOINT="",
+                   MODELDEPLOY_METRICS_ADDRESS="127.0.0.1", MODELDEPLOY_METRICS_PORT=str(metrics_port))
         if self.server_image:
             env["MODELDEPLOY_SERVER_IMAGE"] = self.server_image
         with log_path.open("ab") as log:
@@ -131,7 +133,7 @@ class Demo:
                 start_new_session=True,
             )
         localcluster.register_process(self.state_dir, "modeldeploy-operator", process.pid)
-        print(f"operator pid {process.pid}, log {log_path}")
+        print(f"operator pid {process.pid}, log {log_path}, metrics http://127.0.0.1:{metrics_port}/metrics")
 
     def write_models(self) -> dict[str, str]:
         if self.real:

@@ -128,7 +128,8 @@ def main() -> int:
         pv = json.loads(cluster.kubectl("get", "pv", volume, "-o", "json").stdout)
         write_heavy_model(Path(pv["spec"]["hostPath"]["path"]), "heavy/model.onnx")
         env = {**cluster.env, "MODELDEPLOY_SERVER_IMAGE": tags["server"], "MODELDEPLOY_LIVENESS_ENDPOINT": "",
-               "MODELDEPLOY_LEADER_ELECTION": "false", "MODELDEPLOY_PROMETHEUS_URL": stack.prometheus_url,
+               "MODELDEPLOY_LEADER_ELECTION": "false", "MODELDEPLOY_METRICS_PORT": "0",
+               "MODELDEPLOY_PROMETHEUS_URL": stack.prometheus_url,
                "MODELDEPLOY_METRICS_WINDOW": "20s"}
         operator = subprocess.Popen([sys.executable, "-m", "modeldeploy_operator", "--namespace", NAMESPACE],
                                     env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "operator.log").open("wb"))

@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         observer.start()
 
         log_path = Path(tempfile.mkdtemp()) / "operator.log"
-        env = {**cluster.env, "MODELDEPLOY_LIVENESS_ENDPOINT": "", "MODELDEPLOY_LEASE_NAMESPACE": NAMESPACE}
+        env = {**cluster.env, "MODELDEPLOY_LIVENESS_ENDPOINT": "", "MODELDEPLOY_LEASE_NAMESPACE": NAMESPACE,
+               "MODELDEPLOY_METRICS_PORT": "0"}
         with log_path.open("wb") as log:
             operator = subprocess.Popen([sys.executable, "-m", "modeldeploy_operator"], stdout=log,
                                         stderr=subprocess.STDOUT, env=env)

@@ -109,7 +109,7 @@ def main() -> int:
         model.write_bytes(data)
         model.chmod(0o644)
         env = {**cluster.env, "MODELDEPLOY_SERVER_IMAGE": tags["server"], "MODELDEPLOY_LIVENESS_ENDPOINT": "",
-               "MODELDEPLOY_LEADER_ELECTION": "false"}
+               "MODELDEPLOY_LEADER_ELECTION": "false", "MODELDEPLOY_METRICS_PORT": "0"}
         operator = subprocess.Popen([sys.executable, "-m", "modeldeploy_operator", "--namespace", NAMESPACE],
                                     env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "operator.log").open("wb"))
         manifest = {"apiVersion": "modeldeploy.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME},

@@ -99,7 +99,7 @@ def main() -> int:
         write_model(folder, V1, seed=0)
         write_model(folder, V2, seed=1)
         env = {**cluster.env, "MODELDEPLOY_SERVER_IMAGE": tags["server"], "MODELDEPLOY_LIVENESS_ENDPOINT": "",
-               "MODELDEPLOY_LEADER_ELECTION": "false"}
+               "MODELDEPLOY_LEADER_ELECTION": "false", "MODELDEPLOY_METRICS_PORT": "0"}
         operator = subprocess.Popen([sys.executable, "-m", "modeldeploy_operator", "--namespace", NAMESPACE],
                                     env=env, stdout=subprocess.DEVNULL, stderr=(workdir / "operator.log").open("wb"))
         real_node = {"modeldeploy.dev/real-node": "true"}
