@@ -310,7 +310,12 @@ def _decide(
         return Decision(state, _routing(state, rollout), tuple(events))
 
     if not canary_ready:
-        return Decision(_waiting(state, len(rollout.steps)), _routing(state, rollout, canary_ready), tuple(events))
+        # Windows go on (judged on schedule, shown as the last verdict), but with no traffic to the canary
+        # they cannot fail it or move the step.
+        waiting = _waiting(state, len(rollout.steps))
+        if verdict is not None:
+            waiting = replace(waiting, last_verdict=_verdict_record(verdict, now))
+        return Decision(waiting, _routing(state, rollout, canary_ready), tuple(events), analyse=True)
     if state.step_started_at is None:  # the canary just became ready: the step's pause starts now
         state = replace(state, step_started_at=now, message=f"step {state.step + 1}/{len(rollout.steps)}")
 

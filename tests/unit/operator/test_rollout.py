@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -317,7 +318,10 @@ def test_the_canary_gets_no_traffic_and_no_step_timer_until_its_pods_are_ready()
     assert starting.routing == Routing(V1, V2, weight=0, mirror=0)
     assert starting.state.step_started_at is None and "waiting for the canary" in starting.state.message
     still = decide(starting.state, spec(steps=STEPS[1:]), at(400), PASS, canary_ready=False)
-    assert (still.routing, still.state, still.events) == (starting.routing, starting.state, ())
+    assert (still.routing, still.events) == (starting.routing, ())
+    # The window's verdict is shown, but neither moves the step nor starts its timer.
+    assert still.state.last_verdict is not None and still.state.last_verdict["result"] == "Pass"
+    assert dataclasses.replace(still.state, last_verdict=None) == starting.state
     ready = decide(still.state, spec(steps=STEPS[1:]), at(500), PASS, canary_ready=True)
     assert ready.routing == Routing(V1, V2, weight=10)
     assert (ready.state.step, ready.state.step_started_at) == (0, at(500))  # the pause starts now
