@@ -57,7 +57,7 @@ NODE_LABEL = {"modeldeploy.dev/bench": "rollouts"}
 POD_CIDRS = ("127.77.0.0/24", "127.77.1.0/24")  # loopback: the stand-in answers there, nothing leaves the host
 TINY = {"requests": {"cpu": "10m", "memory": "16Mi"}}
 TARGETS = {"delay_s": 2.0, "rss_mb": 200.0}
-LATE = re.compile(r"rollout analysis of (\S+): (\w+) .*\(([\d.]+)s after the interval ended\)")
+LATE = re.compile(r"rollout analysis of (\S+) from \w+: (\w+) .*\(([\d.]+)s after the interval ended\)")
 
 
 def model_deployment(name: str, version: int, interval: str, pause: str) -> dict[str, Any]:
