@@ -17,9 +17,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 import routing_crds
 from localkube import images
@@ -171,8 +174,30 @@ def values(tags: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _crd_names(path: Path) -> list[str]:
+    return [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"]
+
+
+def _wait_for_an_earlier_uninstall(cluster: Cluster, timeout: float = 240.0) -> None:
+    """An uninstall leaves its CRDs and namespace terminating in the background; installing over them fails
+    (an object being deleted cannot be re-created, nor content made in a terminating namespace)."""
+    targets = [f"crd/{name}" for name in _crd_names(routing_crds.gateway_api_crds()) + _crd_names(own_crds())]
+    query = "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name} {end}"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = cluster.kubectl("get", *targets, f"namespace/{NAMESPACE}", "--ignore-not-found", "-o", query,
+                                check=False).stdout.split()
+        if not found:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"still being deleted {timeout:.0f}s after an uninstall: {' '.join(found)}")
+        time.sleep(1.0)
+
+
 def install(cluster: Cluster, tags: dict[str, str], timeout: str = "300s") -> None:
     """The Gateway API's CRDs, Envoy Gateway's CRDs, then its chart (waits until the controller is ready)."""
+    _wait_for_an_earlier_uninstall(cluster)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(routing_crds.gateway_api_crds()))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(own_crds()))
     cluster.wait_established("httproutes.gateway.networking.k8s.io", "envoyproxies.gateway.envoyproxy.io")
