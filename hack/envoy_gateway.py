@@ -190,6 +190,7 @@ def _wait_for_an_earlier_uninstall(cluster: Cluster, timeout: float = 240.0) -> 
                                 check=False).stdout.split()
         if not found:
             return
+        _force_delete_pods(cluster)
         if time.monotonic() > deadline:
             raise ClusterError(f"still being deleted {timeout:.0f}s after an uninstall: {' '.join(found)}")
         time.sleep(1.0)
@@ -226,6 +227,14 @@ def uninstall(cluster: Cluster, timeout: str = "180s") -> None:
                    env={**os.environ, **cluster.env, "KUBECONFIG": str(cluster.kubeconfig)})
     cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(own_crds()), check=False)
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+    _force_delete_pods(cluster)
+
+
+def _force_delete_pods(cluster: Cluster) -> None:
+    """The Envoy pods Envoy Gateway made drain for minutes (their grace period covers connection draining),
+    holding the namespace in Terminating; a test cluster being torn down has no connections to drain."""
+    cluster.kubectl("delete", "pods", "--all", "-n", NAMESPACE, "--force", "--grace-period=0",
+                    "--ignore-not-found", "--wait=false", check=False)
 
 
 def gateway_objects(namespace: str, name: str = "public") -> list[dict[str, Any]]:
