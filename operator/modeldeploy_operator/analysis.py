@@ -121,7 +121,7 @@ class Verdict:
     gate: str | None  # the gate that decided a Fail (or the first that could not judge)
     message: str
     gates: tuple[GateResult, ...]
-    source: str = ""  # where the numbers came from: "pods" (their /metrics) or "prometheus"
+    source: Literal["pods", "prometheus"] | None = None  # where the numbers came from: pods' /metrics, Prometheus
 
     def measured(self) -> dict[str, float]:
         """Every gate's numbers, flat, for status and events."""
@@ -273,31 +273,37 @@ def psi_noise_bound(bins: int, n_canary: float, n_stable: float) -> float:
     return chi_square_quantile(bins - 1) * (1 / n_canary + 1 / n_stable)
 
 
+def _against(gate: str, value: float, limit: float, measured: Mapping[str, float], said: str,
+             shown: str) -> GateResult:
+    """A gate that fails when the value measured exceeds its limit; the message says where it stands."""
+    failed = value > limit
+    return GateResult(gate, FAILED if failed else PASSED, measured,
+                      f"{said} {'above' if failed else 'within'} the maximum {shown}")
+
+
 def _error_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list[GateResult]:
     c_low, _ = wilson_bounds(canary.errors, canary.total)
     c_rate = canary.errors / canary.total
     results = []
     if gates.max_error_rate is not None:
-        measured = {"canaryErrorRate": round(c_rate, 4), "canaryErrorRateLowerBound": round(c_low, 4)}
-        failed = c_low > gates.max_error_rate
-        results.append(GateResult(
-            GATE_ERROR_RATE, FAILED if failed else PASSED, measured,
-            f"canary error rate {c_rate:.2%} ({canary.errors:.0f}/{canary.total:.0f}, 95% lower bound "
-            f"{c_low:.2%}) {'above' if failed else 'within'} the maximum {gates.max_error_rate:.2%}",
+        results.append(_against(
+            GATE_ERROR_RATE, c_low, gates.max_error_rate,
+            {"canaryErrorRate": round(c_rate, 4), "canaryErrorRateLowerBound": round(c_low, 4)},
+            f"canary error rate {c_rate:.2%} ({canary.errors:.0f}/{canary.total:.0f}, 95% lower bound {c_low:.2%})",
+            f"{gates.max_error_rate:.2%}",
         ))
     if gates.max_error_rate_increase is not None:
         c_fail_low, _ = wilson_bounds(canary.failures, canary.total)
         _, s_fail_high = wilson_bounds(stable.failures, stable.total)
         c_failed, s_failed = canary.failures / canary.total, stable.failures / stable.total
         increase = max(0.0, c_fail_low - s_fail_high)
-        measured = {"canaryFailedShare": round(c_failed, 4), "stableFailedShare": round(s_failed, 4),
-                    "failedShareIncrease": round(increase, 4)}
-        failed = increase > gates.max_error_rate_increase
-        results.append(GateResult(
-            GATE_ERROR_INCREASE, FAILED if failed else PASSED, measured,
+        results.append(_against(
+            GATE_ERROR_INCREASE, increase, gates.max_error_rate_increase,
+            {"canaryFailedShare": round(c_failed, 4), "stableFailedShare": round(s_failed, 4),
+             "failedShareIncrease": round(increase, 4)},
             f"canary failed {c_failed:.2%} of requests ({canary.failures:.0f}/{canary.total:.0f}) against "
-            f"stable {s_failed:.2%}: increase {increase:.2%} beyond noise, "
-            f"{'above' if failed else 'within'} the maximum {gates.max_error_rate_increase:.2%}",
+            f"stable {s_failed:.2%}: increase {increase:.2%} beyond noise,",
+            f"{gates.max_error_rate_increase:.2%}",
         ))
     return results
 
@@ -344,13 +350,11 @@ def _drift_gates(canary: TrackSample, stable: TrackSample, gates: Gates) -> list
         raw, _ = psi(c_merged, s_merged)
         noise = psi_noise_bound(len(c_merged), n_c, n_s)
         score = max(0.0, raw - noise)
-        measured = {f"outputPsi[{name}]": round(score, 4)}
-        failed = score > gates.max_output_psi
-        results.append(GateResult(
-            GATE_DRIFT, FAILED if failed else PASSED, measured,
+        results.append(_against(
+            GATE_DRIFT, score, gates.max_output_psi, {f"outputPsi[{name}]": round(score, 4)},
             f"output {name!r}: PSI {score:.3f} (raw {raw:.3f} over {len(c_merged)} bins, less sampling noise "
-            f"{noise:.3f}) "
-            f"{'above' if failed else 'within'} the maximum {gates.max_output_psi:g}",
+            f"{noise:.3f})",
+            f"{gates.max_output_psi:g}",
         ))
     return results
 

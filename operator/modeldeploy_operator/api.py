@@ -6,11 +6,10 @@ Nothing here imports the Kubernetes client.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from modeldeploy_operator.names import Kind
+from modeldeploy_operator.kinds import Kind
 
 # The Status cause the API server gives when it refuses to create objects in a namespace being deleted.
 NAMESPACE_TERMINATING = "NamespaceTerminating"
@@ -33,16 +32,6 @@ class KubeError(Exception):
         return gone or NAMESPACE_TERMINATING in self.causes
 
 
-def now_rfc3339() -> str:
-    """Seconds precision: what conditions' lastTransitionTime carries."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def micro_time() -> str:
-    """Microsecond precision (metav1.MicroTime): Lease renewals and Event times."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class ChildApi(Protocol):
     """Writes to the children and the resource's status: what one reconcile does."""
 
@@ -50,14 +39,16 @@ class ChildApi(Protocol):
 
     def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool: ...
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any],
                      resource_version: str | None = None) -> dict[str, Any]:
-        """Replace the status; with `resource_version`, only if the object is still at it (else 409)."""
+        """Replace a resource's status; with `resource_version`, only if the object is still at it (else 409)."""
         ...
 
     def post_event(
-        self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
-    ) -> None: ...
+        self, kind: Kind, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
+    ) -> None:
+        """An Event on one of our resources (of `kind`), as `kubectl describe` shows it."""
+        ...
 
     def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
         """The uid of the named object, None when it does not exist."""

@@ -10,13 +10,11 @@ so one ModelDeployment manifest works unchanged across clusters.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MODELDEPLOY_"
@@ -25,28 +23,11 @@ DEFAULT_GPU_SERVER_IMAGE = "ghcr.io/modeldeploy/modeldeploy-server:0.1.0"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
-@dataclass(frozen=True)
-class ServingConfig:
-    """What the builders need besides the spec."""
+class ServingConfig(BaseModel):
+    """What the builders need besides the spec: the operator's settings that go into the serving pods."""
 
-    server_image: str = DEFAULT_SERVER_IMAGE
-    gpu_server_image: str = DEFAULT_GPU_SERVER_IMAGE
-    cluster_domain: str = "cluster.local"
-    image_pull_policy: str = "IfNotPresent"
-    pre_stop_seconds: int = 5
-    termination_grace_seconds: int = 30
-    prometheus_url: str | None = None
-    metrics_window: str = "1m"
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
-
-class OperatorConfig(BaseSettings):
-    """How the operator runs and what it puts in the serving pods."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True, use_attribute_docstrings=True
-    )
-
-    # What goes into the serving pods.
     server_image: str = DEFAULT_SERVER_IMAGE
     """Serving image for ModelDeployments on CPU (spec.gpu 0)."""
     gpu_server_image: str = DEFAULT_GPU_SERVER_IMAGE
@@ -63,6 +44,14 @@ class OperatorConfig(BaseSettings):
     """Prometheus KEDA reads the concurrency, queue time and request-rate signals from; unset, they fall back to CPU."""
     metrics_window: str = Field("1m", pattern=r"^[1-9][0-9]*(s|m)$")
     """Window of rate() in the autoscaling queries (e.g. 30s, 1m): at least four scrape intervals."""
+
+
+class OperatorConfig(ServingConfig, BaseSettings):  # the serving settings first, as the README lists them
+    """How the operator runs and what it puts in the serving pods."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     # Scope and concurrency.
     namespaces: Annotated[tuple[str, ...], NoDecode] = ()
@@ -134,7 +123,7 @@ class OperatorConfig(BaseSettings):
     @property
     def serving(self) -> ServingConfig:
         """The settings the builders read (each a field of the same name here)."""
-        return ServingConfig(**{item.name: getattr(self, item.name) for item in dataclasses.fields(ServingConfig)})
+        return ServingConfig(**{name: getattr(self, name) for name in ServingConfig.model_fields})
 
 
 def _namespace_of_pod() -> str | None:

@@ -18,18 +18,20 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from modeldeploy_operator import names
-from modeldeploy_operator.api import KubeError, micro_time
-from modeldeploy_operator.names import Kind
+from modeldeploy_operator import kinds, names
+from modeldeploy_operator.api import KubeError
+from modeldeploy_operator.clock import micro_time
+from modeldeploy_operator.kinds import Kind
 
 log = logging.getLogger(__name__)
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 METADATA_OBJECT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+CHILD_KINDS = kinds.child_kind_by_name()
 
 
 def kind_of(manifest: Mapping[str, Any]) -> Kind:
     """The REST coordinates of a child manifest (routing kinds at the version the manifest names)."""
-    kind = names.CHILD_KIND_BY_NAME.get(str(manifest["kind"]))
+    kind = CHILD_KINDS.get(str(manifest["kind"]))
     if kind is None:
         raise ValueError(f"the operator does not manage {manifest['kind']}")
     if not kind.version:
@@ -140,7 +142,7 @@ class Kube:
             raise
         return str((found.get("metadata") or {}).get("uid", "")) or None
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any],
                      resource_version: str | None = None) -> dict[str, Any]:
         """Replace the status stanza through the status subresource only: spec is never written.
 
@@ -151,22 +153,22 @@ class Kube:
         if resource_version:
             patch.insert(0, {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version})
         return self.request(
-            "PATCH", names.MODEL_DEPLOYMENT.path(namespace, name) + "/status", patch,
+            "PATCH", kind.path(namespace, name) + "/status", patch,
             content_type="application/json-patch+json",
         )
 
     def post_event(
-        self, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
+        self, kind: Kind, owner: Mapping[str, Any], event_type: str, reason: str, message: str, instance: str
     ) -> None:
-        """A core/v1 Event on the ModelDeployment (what `kubectl describe md` shows)."""
+        """A core/v1 Event on one of our resources (what `kubectl describe md` shows)."""
         meta = owner["metadata"]
         stamp = micro_time()
         body = {
-            "apiVersion": names.EVENT.api_version,
-            "kind": names.EVENT.kind,
+            "apiVersion": kinds.EVENT.api_version,
+            "kind": kinds.EVENT.kind,
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": names.API_VERSION, "kind": names.KIND, "name": meta["name"],
+                "apiVersion": kind.api_version, "kind": kind.kind, "name": meta["name"],
                 "namespace": meta["namespace"], "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
@@ -182,7 +184,7 @@ class Kube:
             "action": "Reconcile",
             "count": 1,
         }
-        self.request("POST", names.EVENT.collection(meta["namespace"]), body)
+        self.request("POST", kinds.EVENT.collection(meta["namespace"]), body)
 
     # Start-up inventory: which objects exist, metadata only (small, paged) ------------------------------
 
@@ -219,24 +221,24 @@ class Kube:
             if error.status == 404:
                 return None
             raise
-        version = names.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
+        version = kinds.preferred_version(group, (v.get("version") for v in found.get("versions", [])))
         if version is None:
             return None
         # The group outlives its CRDs one by one (a CRD being deleted takes its objects first): the router
         # counts only while every kind the operator writes is served.
         served = {r.get("name") for r in self.request("GET", f"/apis/{group}/{version}").get("resources", [])}
-        wanted = {kind.plural for kind in names.ROUTING_KINDS if kind.group == group}
+        wanted = {kind.plural for kind in kinds.ROUTING_KINDS if kind.group == group}
         return version if wanted <= served else None
 
     def keda_installed(self) -> bool:
         """Whether the API server serves KEDA's ScaledObjects at the version the operator writes."""
         try:
-            resources = self.request("GET", f"/apis/{names.SCALED_OBJECT.api_version}")
+            resources = self.request("GET", f"/apis/{kinds.SCALED_OBJECT.api_version}")
         except KubeError as error:
             if error.status == 404:
                 return False
             raise
-        return any(r.get("name") == names.SCALED_OBJECT.plural for r in resources.get("resources", []))
+        return any(r.get("name") == kinds.SCALED_OBJECT.plural for r in resources.get("resources", []))
 
     def server_version(self) -> tuple[int, int]:
         """(major, minor) of the API server, e.g. (1, 35)."""
@@ -248,21 +250,21 @@ class Kube:
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", names.LEASE.path(namespace, name))
+            return self.request("GET", kinds.LEASE.path(namespace, name))
         except KubeError as error:
             if error.status == 404:
                 return None
             raise
 
     def create_lease(self, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": names.LEASE.api_version, "kind": names.LEASE.kind,
+        body = {"apiVersion": kinds.LEASE.api_version, "kind": kinds.LEASE.kind,
                 "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
-        return self.request("POST", names.LEASE.collection(namespace), body)
+        return self.request("POST", kinds.LEASE.collection(namespace), body)
 
     def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         """Optimistic concurrency: fails with 409 when someone else wrote the lease since we read it."""
         meta = lease["metadata"]
-        return self.request("PUT", names.LEASE.path(meta["namespace"], meta["name"]), dict(lease))
+        return self.request("PUT", kinds.LEASE.path(meta["namespace"], meta["name"]), dict(lease))
 
 
 def serves_version(body: Mapping[str, Any], version: str) -> bool:
@@ -276,5 +278,5 @@ def routing_version_of_crd(body: Mapping[str, Any]) -> str | None:
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     spec = body.get("spec") or {}
-    return names.preferred_version(str(spec.get("group")), (v.get("name") for v in spec.get("versions", [])
+    return kinds.preferred_version(str(spec.get("group")), (v.get("name") for v in spec.get("versions", [])
                                                               if v.get("served")))

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from modeldeploy_operator.api import KubeError, LeaseApi, micro_time
+from modeldeploy_operator.api import KubeError, LeaseApi
+from modeldeploy_operator.clock import micro_time
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class LeaderElector:
         self.on_started = on_started
         self.on_stopped = on_stopped
         self._clock = clock  # this process's own clock: other machines' clocks are never trusted
-        self.leading = False
+        self.leading = threading.Event()  # the one record of whether this process may act
         self._observed_record: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._last_renew = 0.0
@@ -63,8 +64,8 @@ class LeaderElector:
     def stop(self) -> None:
         """Step down: release the lease so a standby takes over without waiting for it to expire."""
         self._stop.set()
-        if self.leading:
-            self.leading = False
+        if self.leading.is_set():
+            self.leading.clear()
             try:
                 lease = self.api.get_lease(self.namespace, self.name)
                 if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
@@ -88,12 +89,12 @@ class LeaderElector:
         now = self._clock()
         if acquired:
             self._last_renew = now
-            if not self.leading:
-                self.leading = True
+            if not self.leading.is_set():
+                self.leading.set()
                 log.info("became the leader (%s/%s as %s)", self.namespace, self.name, self.identity)
                 self.on_started()
-        elif self.leading and now - self._last_renew > self.renew_deadline:
-            self.leading = False
+        elif self.leading.is_set() and now - self._last_renew > self.renew_deadline:
+            self.leading.clear()
             log.error("lost the leader lease %s/%s: stopping", self.namespace, self.name)
             self.on_stopped()
             return False
@@ -140,8 +141,10 @@ class NoElection:
 
     def __init__(self, on_started: Callable[[], None]) -> None:
         self._on_started = on_started
+        self.leading = threading.Event()
 
     def start(self) -> None:
+        self.leading.set()
         self._on_started()
 
     def stop(self) -> None:

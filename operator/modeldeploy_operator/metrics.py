@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,14 +24,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from modeldeploy_operator import analysis
-from modeldeploy_operator import rollout as rollouts
+from modeldeploy_operator.cache import Key
+from modeldeploy_operator.status_schema import PHASES, Phase
 
-Key = tuple[str, str]
+if TYPE_CHECKING:
+    from modeldeploy_operator.rollout import Decision
+
 ReconcileResult = Literal["success", "failed", "error"]
 RECONCILE_RESULTS: tuple[ReconcileResult, ...] = ("success", "failed", "error")
-PHASES: tuple[rollouts.Phase, ...] = ("Healthy", "Progressing", "Paused", "RolledBack")
-# How a rollout ended, from the Event its last decision carried.
-FINISHED_BY_EVENT = {"Promoted": "promoted", "RolloutCancelled": "cancelled", "RolloutSuperseded": "superseded"}
 NO_GATE = "none"  # the `gate` label of a passing verdict: no gate decided it
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -41,7 +41,7 @@ _DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.
 class RolloutView:
     """What the gauges show of one ModelDeployment's rollout."""
 
-    phase: rollouts.Phase
+    phase: Phase
     step: int  # 1-based while a canary is out, else 0
     steps: int
 
@@ -53,14 +53,6 @@ def verdict_gate(verdict: analysis.Verdict) -> str:
     if verdict.gate:
         return verdict.gate
     return next((gate.gate for gate in verdict.gates if gate.result == verdict.result), NO_GATE)
-
-
-def finished_result(state: rollouts.RolloutState, event_reason: str) -> str | None:
-    """`promoted`, `rolled_back`, `aborted` (by `kubectl modeldeploy rollout abort`), `cancelled` (spec.model
-    set back to stable) or `superseded` (another model asked for mid-rollout); None for other Events."""
-    if event_reason == "RolledBack":
-        return "aborted" if state.failed_gate == rollouts.GATE_ABORTED else "rolled_back"
-    return FINISHED_BY_EVENT.get(event_reason)
 
 
 class _StateCollector(Collector):
@@ -87,9 +79,9 @@ class _StateCollector(Collector):
                                  labels=["namespace", "modeldeployment", "phase"])
         steps = GaugeMetricFamily("modeldeploy_operator_rollout_steps", "Steps each rollout has.",
                                   labels=["namespace", "modeldeployment"])
-        for (namespace, name), view in sorted(views.items()):
-            step.add_metric([namespace, name, view.phase], float(view.step))
-            steps.add_metric([namespace, name], float(view.steps))
+        for key, view in sorted(views.items()):
+            step.add_metric([key.namespace, key.name, view.phase], float(view.step))
+            steps.add_metric([key.namespace, key.name], float(view.steps))
         yield from (depth, leader, phases, step, steps)
 
 
@@ -137,16 +129,15 @@ class OperatorMetrics:
         self.reconciles.labels(result).inc()
         self.reconcile_seconds.observe(seconds)
 
-    def rollout_decided(self, key: Key, decision: rollouts.Decision) -> None:
-        """A decision whose status was written: the phase and step now, and how a rollout ended if it did."""
+    def rollout_decided(self, key: Key, decision: Decision) -> None:
+        """A decision whose status was written: the phase and step now, and how a rollout ended if it did
+        (`promoted`, `rolled_back`, `aborted`, `cancelled` or `superseded`)."""
         state = decision.state
-        view = RolloutView(state.phase, state.step + 1 if state.canary is not None else 0, state.steps)
+        view = RolloutView(state.phase, state.step + 1 if state.canary is not None else 0, state.steps or 0)
         with self._lock:
             self._rollouts[key] = view
-        for event in decision.events:
-            result = finished_result(state, event.reason)
-            if result is not None:
-                self.finished.labels(result).inc()
+        if decision.outcome is not None:
+            self.finished.labels(decision.outcome).inc()
 
     def forget_rollout(self, key: Key) -> None:
         """The ModelDeployment is gone, or has no spec.rollout any more."""

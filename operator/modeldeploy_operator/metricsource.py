@@ -17,13 +17,14 @@ import math
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_operator.analysis import TrackSample, combine, window
-from modeldeploy_operator.status import PodView
+from modeldeploy_operator.names import SERVER_HTTP_PORT
+from modeldeploy_operator.views import PodView
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ REQUESTS = "modeldeploy_requests"
 LATENCY = "modeldeploy_request_duration_seconds"
 OUTPUT_VALUES = "modeldeploy_output_value"
 OUTPUT_CLASSES = "modeldeploy_output_class"
-SERVER_PORT = 8080
 SCRAPE_TIMEOUT_SECONDS = 2.0
 
 
@@ -88,9 +88,9 @@ class _Baseline:
 class PodScraper:
     """Windows of the two tracks' increases, read from the serving pods' /metrics."""
 
-    def __init__(self, port: int = SERVER_PORT) -> None:
+    def __init__(self, port: int = SERVER_HTTP_PORT) -> None:
         self.port = port
-        self._baselines: dict[tuple[str, str], _Baseline] = {}
+        self._baselines: dict[Hashable, _Baseline] = {}
         self._lock = threading.Lock()
 
     def url(self, pod: PodView) -> str:
@@ -114,7 +114,7 @@ class PodScraper:
                     samples[pod.name] = before[pod.name]
         return samples
 
-    def read(self, key: tuple[str, str], pods: Iterable[PodView]) -> tuple[TrackSample, TrackSample] | None:
+    def read(self, key: Hashable, pods: Iterable[PodView]) -> tuple[TrackSample, TrackSample] | None:
         """End the current window: (canary, stable) increases since the last call, or None the first time
         (the window starts now)."""
         pods = list(pods)
@@ -126,21 +126,21 @@ class PodScraper:
             self._baselines[key] = now
         if before is None:
             return None
-        return _increase(before.canary, now.canary), _increase(before.stable, now.stable)
+        return _pods_increase(before.canary, now.canary), _pods_increase(before.stable, now.stable)
 
-    def begin(self, key: tuple[str, str], pods: Iterable[PodView]) -> None:
+    def begin(self, key: Hashable, pods: Iterable[PodView]) -> None:
         """Start counting now when no window is open for `key` (a restarted operator, mid-window)."""
         with self._lock:
             if key in self._baselines:
                 return
         self.read(key, pods)
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Hashable) -> None:
         with self._lock:
             self._baselines.pop(key, None)
 
 
-def _increase(before: Mapping[str, TrackSample], now: Mapping[str, TrackSample]) -> TrackSample:
+def _pods_increase(before: Mapping[str, TrackSample], now: Mapping[str, TrackSample]) -> TrackSample:
     """Per pod, the increase since the window began (a pod new since then counts from zero)."""
     return combine(window(before.get(name, TrackSample()), sample) for name, sample in now.items())
 

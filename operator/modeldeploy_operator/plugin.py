@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from modeldeploy_operator.names import CANARY_READY, CONDITION_ORDER, GROUP, KIND, PLURAL, READY, VERSION
+from modeldeploy_operator.rollout_commands import COMMANDS, Command, RolloutFacts, refusal
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -148,75 +149,56 @@ def format_autoscaling(autoscaling: Mapping[str, Any]) -> list[str]:
     return ["", "Autoscaling:", *("  " + row for row in format_table(header, rows))]
 
 
-def format_status(resource: Mapping[str, Any], now: datetime) -> str:
-    """The readable summary `kubectl modeldeploy status` prints."""
+def _summary_fields(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The label/value lines at the top of `kubectl modeldeploy status`."""
     spec = resource.get("spec") or {}
     status = resource.get("status") or {}
     metadata = resource.get("metadata") or {}
-    conditions = status.get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == READY), None)
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
     canary = spec.get("canary")
-
+    traffic = status.get("traffic")
     fields: list[tuple[str, str]] = [
         ("Name", qualified_name(resource)),
-        (
-            "Ready",
-            "Unknown (no Ready condition yet)"
-            if ready is None
-            else f"{ready.get('status', 'Unknown')} ({ready.get('reason') or 'NoReason'})",
-        ),
+        ("Ready", "Unknown (no Ready condition yet)" if ready is None
+         else f"{ready.get('status', 'Unknown')} ({ready.get('reason') or 'NoReason'})"),
         ("Model", describe_model(spec.get("model"))),
+        ("Canary", f"{describe_model(canary.get('model'))}, trafficPercent {canary.get('trafficPercent', 0)}"
+         if canary else "<none>"),
+        ("Traffic", f"stable {traffic.get('stable', 0)}%, canary {traffic.get('canary', 0)}%" if traffic
+         else "<not reported yet>"),
     ]
-    if canary:
-        fields.append(
-            (
-                "Canary",
-                f"{describe_model(canary.get('model'))}, trafficPercent {canary.get('trafficPercent', 0)}",
-            )
-        )
-    else:
-        fields.append(("Canary", "<none>"))
-    traffic = status.get("traffic")
-    if traffic:
-        fields.append(("Traffic", f"stable {traffic.get('stable', 0)}%, canary {traffic.get('canary', 0)}%"))
-    else:
-        fields.append(("Traffic", "<not reported yet>"))
-    spec_replicas = spec.get("replicas")
-    if spec_replicas:
-        fields.append(("Replicas (spec)", describe_counts(spec_replicas)))
+    if spec.get("replicas"):
+        fields.append(("Replicas (spec)", describe_counts(spec["replicas"])))
     if "readyReplicas" in status or "desiredReplicas" in status:
         fields.append(("Replicas", f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', '?')} ready"))
     fields.append(("URL", status.get("url") or "<not reported yet>"))
-    fields.append(
-        (
-            "Generation",
-            f"{metadata.get('generation', '?')} (observed {status.get('observedGeneration', '-')})",
-        )
-    )
+    observed = status.get("observedGeneration", "-")
+    fields.append(("Generation", f"{metadata.get('generation', '?')} (observed {observed})"))
+    return fields
 
+
+def format_conditions(conditions: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
+    """The conditions as a table, Ready first."""
+    if not conditions:
+        return ["Conditions: <none reported yet>"]
+    rows = [[str(c.get("type", "")), str(c.get("status", "")), str(c.get("reason") or "-"),
+             humanize_age(c.get("lastTransitionTime"), now), str(c.get("message") or "")]
+            for c in sorted_conditions(conditions)]
+    return ["Conditions:", *("  " + row for row in format_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows))]
+
+
+def format_status(resource: Mapping[str, Any], now: datetime) -> str:
+    """The readable summary `kubectl modeldeploy status` prints."""
+    status = resource.get("status") or {}
+    fields = _summary_fields(resource)
     width = max(len(label) for label, _ in fields) + 1
     lines = [f"{(label + ':').ljust(width)} {value}" for label, value in fields]
     lag = generation_lag(resource)
     if lag:
         lines.append(f"Warning: {lag}")
-
     lines.extend(format_autoscaling(status.get("autoscaling") or {}))
     lines.append("")
-    if conditions:
-        rows = [
-            [
-                str(c.get("type", "")),
-                str(c.get("status", "")),
-                str(c.get("reason") or "-"),
-                humanize_age(c.get("lastTransitionTime"), now),
-                str(c.get("message") or ""),
-            ]
-            for c in sorted_conditions(conditions)
-        ]
-        lines.append("Conditions:")
-        lines.extend("  " + row for row in format_table(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], rows))
-    else:
-        lines.append("Conditions: <none reported yet>")
+    lines.extend(format_conditions(status.get("conditions") or [], now))
     return "\n".join(lines) + "\n"
 
 
@@ -436,13 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout = commands.add_parser("rollout", help="progressive delivery (spec.rollout): status, pause, resume, "
                                   "abort, retry, promote")
-    rollout.add_argument("action", choices=["status", *ROLLOUT_ACTIONS], help="what to do")
+    rollout.add_argument("action", choices=["status", *COMMANDS], help="what to do")
     rollout.add_argument("name", help="ModelDeployment name")
     _connection_options(rollout, defaults=False)
     return parser
-
-
-ROLLOUT_ACTIONS = ("pause", "resume", "abort", "retry", "promote")
 
 
 def format_rollout(resource: Mapping[str, Any]) -> str:
@@ -468,23 +447,16 @@ def format_rollout(resource: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rollout_command_refusal(resource: Mapping[str, Any], action: str) -> str | None:
+def rollout_command_refusal(resource: Mapping[str, Any], action: Command) -> str | None:
     """Why ACTION would do nothing to this rollout now (the operator would clear it unseen), or None."""
     state = (resource.get("status") or {}).get("rollout") or {}
-    phase = state.get("phase", "not started")
-    under_way = phase in ("Progressing", "Paused") and bool(state.get("canary"))
-    if action in ("pause", "abort", "promote") and not under_way:
-        return f"no rollout is under way (phase {phase})"
-    if action == "pause" and phase == "Paused":
-        return "it is already paused"
-    if action == "resume":
-        if phase != "Paused":
-            return f"it is not paused (phase {phase})"
-        if (resource.get("spec") or {}).get("rollout", {}).get("paused"):
-            return "spec.rollout.paused is true: set it to false where the spec is kept (git), not with a command"
-    if action == "retry" and not (phase == "RolledBack" and state.get("failed")):
-        return f"nothing was rolled back (phase {phase})"
-    return None
+    facts = RolloutFacts(
+        phase=str(state.get("phase", "not started")),
+        has_canary=bool(state.get("canary")),
+        has_failed=bool(state.get("failed")),
+        paused_in_spec=bool(((resource.get("spec") or {}).get("rollout") or {}).get("paused")),
+    )
+    return refusal(action, facts)
 
 
 def rollout_command_patch(action: str, now: datetime) -> JSONObject:
@@ -539,9 +511,9 @@ def run(args: argparse.Namespace) -> str:
         if args.action == "status":
             return format_rollout(resource)
         format_rollout(resource)  # refuses a resource without spec.rollout
-        refusal = rollout_command_refusal(resource, args.action)
-        if refusal:
-            raise PluginError(f"not sending {args.action} to {qualified_name(resource)}: {refusal}")
+        refused = rollout_command_refusal(resource, args.action)
+        if refused:
+            raise PluginError(f"not sending {args.action} to {qualified_name(resource)}: {refused}")
         api.patch_status(args.name, rollout_command_patch(args.action, datetime.now(UTC)))
         return f"{PLURAL}.{GROUP}/{args.name} rollout {args.action} requested\n"
 

@@ -11,6 +11,7 @@ clean.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -28,6 +29,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
+
+from modeldeploy_operator.analysis import Gates
 
 # The longest child name is "<name>-canary"; Kubernetes names Services and labels with at most 63.
 MAX_NAME_LENGTH = 56
@@ -147,13 +150,13 @@ HOSTNAME = Matches(HOSTNAME_PATTERN, "must be a DNS name, optionally starting wi
 GATEWAY_NAME = Matches(GATEWAY_PATTERN, "must name a Gateway as 'name' or 'namespace/name'")
 
 
-class _Model(BaseModel):
+class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-class ModelSource(_Model):
+class ModelSource(ApiModel):
     """Where a model file lives: a file on a PersistentVolumeClaim in the same namespace."""
 
     pvc: Annotated[str, CLAIM_NAME] = Field(
@@ -176,7 +179,7 @@ class ModelSource(_Model):
     )
 
 
-class Replicas(_Model):
+class Replicas(ApiModel):
     """How many serving pods a track runs; an autoscaler moves between min and max."""
 
     min: Annotated[int | None, Between(1, 1000)] = Field(
@@ -213,7 +216,7 @@ class Replicas(_Model):
         return self.effective_max > self.effective_min
 
 
-class HeaderMatch(_Model):
+class HeaderMatch(ApiModel):
     """One request header that sends a request to the canary (A/B testing): an exact value or a regex."""
 
     name: Annotated[str, HEADER_NAME] = Field(
@@ -247,7 +250,7 @@ MIRROR_NEEDS_NO_TRAFFIC = ("mirrorPercent needs trafficPercent 0: a shadow canar
                            "(set mirrorPercent to 0 when moving traffic to the canary)")
 
 
-class Canary(_Model):
+class Canary(ApiModel):
     """A second model served next to the stable one and given a share of the requests."""
 
     model: ModelSource | None = Field(default=None, description="The canary's model.")
@@ -308,7 +311,7 @@ class Canary(_Model):
         return self.model
 
 
-class ScalingStep(_Model):
+class ScalingStep(ApiModel):
     """How fast one direction of scaling may move: a stabilization window and step limits per period."""
 
     stabilization_window_seconds: Annotated[int | None, Between(0, 3600)] = Field(
@@ -352,7 +355,7 @@ class Signal:
     per_pod: bool  # a total shared by the pods (HPA AverageValue) or one value for the track (Value)
 
 
-class Autoscaling(_Model):
+class Autoscaling(ApiModel):
     """What each track's autoscaler aims for and how fast it may move.
 
     CPU utilization uses the HorizontalPodAutoscaler alone. The other signals are read from the serving
@@ -416,7 +419,7 @@ QUANTITY_SCHEMA: dict[str, Any] = {
 }
 
 
-class Resources(_Model):
+class Resources(ApiModel):
     """CPU and memory for each serving container, as in a Pod spec (GPUs go in spec.gpu)."""
 
     requests: dict[str, int | str] | None = Field(
@@ -456,7 +459,7 @@ class Resources(_Model):
 DEFAULT_RESOURCES = Resources(requests={"cpu": "500m", "memory": "1Gi"})
 
 
-class Toleration(_Model):
+class Toleration(ApiModel):
     """A Pod toleration, passed through to the serving pods."""
 
     key: str | None = Field(default=None, max_length=316, description="Taint key; empty matches all keys.")
@@ -470,7 +473,7 @@ class Toleration(_Model):
     )
 
 
-class Batching(_Model):
+class Batching(ApiModel):
     """Dynamic batching in the server: requests are grouped up to a size or a delay."""
 
     max_batch_size: Annotated[int | None, Between(1, 4096)] = Field(
@@ -484,7 +487,7 @@ class Batching(_Model):
 RoutingBackend = Literal["Auto", "Istio", "GatewayAPI", "None"]
 
 
-class Routing(_Model):
+class Routing(ApiModel):
     """Which API splits the requests between the tracks, and where outside traffic comes in."""
 
     backend: RoutingBackend | None = Field(
@@ -509,6 +512,12 @@ class Routing(_Model):
     )
 
 
+# The rollout's defaults, in one place: the gates' thresholds are the analysis engine's own.
+GATE_DEFAULTS = Gates()
+DEFAULT_ANALYSIS_INTERVAL = "1m"
+DEFAULT_PROGRESS_DEADLINE = "1h"
+DEFAULT_FAILURE_LIMIT = 3
+
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 DURATION = Matches(DURATION_PATTERN, "must be a duration such as 30s, 5m or 1h30m (hours, minutes, seconds)")
 ROLLOUT_EXCLUDES_CANARY = ("spec.rollout and spec.canary are mutually exclusive: a rollout moves the canary's "
@@ -525,7 +534,7 @@ def parse_duration(text: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-class RolloutStep(_Model):
+class RolloutStep(ApiModel):
     """One step of a rollout: shadow traffic or a share of live requests, held for `pause`."""
 
     mirror: Annotated[int | None, Between(0, 100)] = Field(
@@ -555,33 +564,37 @@ class RolloutStep(_Model):
         return self
 
 
-class RolloutGates(_Model):
+class RolloutGates(ApiModel):
     """Thresholds the canary is judged on, against stable over the same window."""
 
     max_error_rate: float | None = Field(
         default=None, ge=0, le=1,
-        description="Highest share of server-side errors on the canary (default 0.05); judged on the 95% "
-        "lower bound, so a few errors in a small window do not fail it.",
+        description="Highest share of server-side errors on the canary "
+        f"(default {GATE_DEFAULTS.max_error_rate}); judged on the 95% lower bound, so a few errors in a small "
+        "window do not fail it.",
     )
     max_error_rate_increase: float | None = Field(
-        default=None, ge=0, le=1, description="Highest increase of the error rate over stable (default 0.02).",
+        default=None, ge=0, le=1, description="Highest increase of the error rate over stable "
+        f"(default {GATE_DEFAULTS.max_error_rate_increase}).",
     )
     max_latency_p95_ratio: float | None = Field(
-        default=None, ge=1, le=1000, description="Highest canary/stable ratio of p95 latency (default 1.5).",
+        default=None, ge=1, le=1000, description="Highest canary/stable ratio of p95 latency "
+        f"(default {GATE_DEFAULTS.max_latency_p95_ratio}).",
     )
     max_output_psi: float | None = Field(
         default=None, ge=0, le=100,
         description="Highest Population Stability Index between the two tracks' outputs, per output "
-        "(default 0.2).",
+        f"(default {GATE_DEFAULTS.max_output_psi}).",
     )
     min_requests: Annotated[int | None, Between(1, 1_000_000)] = Field(
         default=None,
-        description="Requests each track needs in a window before it is judged (default 50); fewer is "
+        description="Requests each track needs in a window before it is judged "
+        f"(default {GATE_DEFAULTS.min_requests}); fewer is "
         "inconclusive: the step holds.",
     )
 
 
-class PrometheusSource(_Model):
+class PrometheusSource(ApiModel):
     """Read the tracks' metrics from Prometheus instead of the serving pods."""
 
     url: Annotated[str, Matches("^https?://", "must be an http:// or https:// URL")] = Field(
@@ -589,7 +602,7 @@ class PrometheusSource(_Model):
     )
 
 
-class Rollout(_Model):
+class Rollout(ApiModel):
     """Progressive delivery: a changed spec.model becomes a canary walked through the steps, judged
     against the model it replaces, then promoted — or rolled back."""
 
@@ -597,15 +610,17 @@ class Rollout(_Model):
         min_length=1, description="The steps, in order.", json_schema_extra={"maxItems": 32}
     )
     analysis_interval: Annotated[str | None, DURATION] = Field(
-        default=None, max_length=32, description="How often the canary is judged (default 1m)."
+        default=None, max_length=32,
+        description=f"How often the canary is judged (default {DEFAULT_ANALYSIS_INTERVAL}).",
     )
     gates: RolloutGates | None = Field(default=None, description="Analysis thresholds.")
     failure_limit: Annotated[int | None, Between(1, 100)] = Field(
-        default=None, description="Consecutive failed analyses that roll back (default 3).",
+        default=None, description=f"Consecutive failed analyses that roll back (default {DEFAULT_FAILURE_LIMIT}).",
     )
     progress_deadline: Annotated[str | None, DURATION] = Field(
         default=None, max_length=32,
-        description="The longest a rollout may take, pauses excluded, before it rolls back (default 1h).",
+        description="The longest a rollout may take, pauses excluded, before it rolls back "
+        f"(default {DEFAULT_PROGRESS_DEADLINE}).",
     )
     paused: bool | None = Field(
         default=None, description="Hold the rollout at its current step (the traffic stays as it is).",
@@ -616,21 +631,33 @@ class Rollout(_Model):
 
     @property
     def interval_seconds(self) -> int:
-        return max(1, parse_duration(self.analysis_interval or "1m"))
+        return max(1, parse_duration(self.analysis_interval or DEFAULT_ANALYSIS_INTERVAL))
+
+    @property
+    def deadline_text(self) -> str:
+        """The progress deadline as written (or the default), for messages."""
+        return self.progress_deadline or DEFAULT_PROGRESS_DEADLINE
+
+    @property
+    def effective_gates(self) -> Gates:
+        """The spec's thresholds over the engine's defaults."""
+        given = self.gates or RolloutGates()
+        chosen = {name: value for name, value in given.model_dump().items() if value is not None}
+        return dataclasses.replace(GATE_DEFAULTS, **chosen)
 
     @property
     def deadline_seconds(self) -> int:
-        return parse_duration(self.progress_deadline or "1h")
+        return parse_duration(self.deadline_text)
 
     @property
     def failures_allowed(self) -> int:
-        return self.failure_limit or 3
+        return self.failure_limit or DEFAULT_FAILURE_LIMIT
 
     def pause_seconds(self, step: RolloutStep) -> int:
         return parse_duration(step.pause) if step.pause else self.interval_seconds
 
 
-class ModelDeploymentSpec(_Model):
+class ModelDeploymentSpec(ApiModel):
     """What to serve and how: a model on a claim, optionally a canary, replicas, resources and routing."""
 
     model: ModelSource = Field(description="The stable model: every request goes here unless a canary takes a share.")
@@ -727,180 +754,11 @@ class ModelDeploymentSpec(_Model):
     def effective_autoscaling(self) -> Autoscaling:
         return self.autoscaling or Autoscaling()
 
-
-Status = Literal["True", "False", "Unknown"]
-
-
-class Condition(_Model):
-    """A condition in the shape of the Kubernetes API conventions (metav1.Condition)."""
-
-    type: str = Field(
-        max_length=316,
-        description="Ready, ModelSourceReady, StableReady, CanaryReady, RoutingReady or AutoscalingReady.",
-    )
-    status: Status = Field(description="True, False or Unknown.")
-    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
-    message: str = Field(max_length=32768, description="What happened, for people.")
-    observed_generation: int | None = Field(
-        default=None, description="The spec generation this condition was computed for."
-    )
-    last_transition_time: str = Field(
-        description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
-    )
-
-
-class Traffic(_Model):
-    """The split of requests between the tracks, in percent."""
-
-    stable: int = Field(description="Percent of requests served by the stable model.")
-    canary: int = Field(description="Percent of requests served by the canary model.")
-
-
-class RoutingStatus(_Model):
-    """Which API routes the requests and what it was told (the weights are in status.traffic)."""
-
-    backend: str = Field(description="Istio, GatewayAPI, or None when the Service alone spreads requests.")
-    resources: list[str] | None = Field(
-        default=None, description="The routing objects written, e.g. HTTPRoute/sentiment.",
-        json_schema_extra={"maxItems": 8},
-    )
-    canary_headers: list[str] | None = Field(
-        default=None, description="Header matches sent to the canary (name: value, or name ~ regex).",
-        json_schema_extra={"maxItems": 8},
-    )
-    mirror_percent: int | None = Field(default=None, description="Percent of stable's requests copied to the canary.")
-
-
-class MetricStatus(_Model):
-    """One metric as the autoscaler sees it."""
-
-    name: str = Field(description="cpu, concurrency, queueTimeP95Ms or requestsPerSecond.")
-    current: str | None = Field(default=None, description="The value last read (e.g. 42% or 3.5).")
-    target: str | None = Field(default=None, description="The target it is held to.")
-
-
-class TrackAutoscaling(_Model):
-    """One track's autoscaler: which object, the replica counts it works with, the metrics it reads."""
-
-    autoscaler: str = Field(description="HorizontalPodAutoscaler/<name> or ScaledObject/<name> (KEDA).")
-    min_replicas: int = Field(description="Fewest replicas the autoscaler keeps.")
-    max_replicas: int = Field(description="Most replicas the autoscaler may run.")
-    current_replicas: int | None = Field(default=None, description="Replicas the autoscaler last saw.")
-    desired_replicas: int | None = Field(default=None, description="Replicas the autoscaler last asked for.")
-    metrics: list[MetricStatus] | None = Field(
-        default=None, description="Each metric's current value and target.", json_schema_extra={"maxItems": 8}
-    )
-
-
-class AutoscalingStatus(_Model):
-    """Per track, what its autoscaler sees."""
-
-    stable: TrackAutoscaling | None = Field(default=None, description="The stable track's autoscaler.")
-    canary: TrackAutoscaling | None = Field(default=None, description="The canary track's autoscaler.")
-
-
-class ModelKey(_Model):
-    """A model's identity as the rollout records it."""
-
-    pvc: str = Field(description="The claim.")
-    path: str = Field(description="The file inside it.")
-    sha256: str | None = Field(default=None, description="The pinned digest, when the spec gave one.")
-
-
-class Verdict(_Model):
-    """The latest analysis of the canary against stable."""
-
-    result: Literal["Pass", "Fail", "Inconclusive"] = Field(description="Pass, Fail or Inconclusive.")
-    gate: str | None = Field(default=None, description="The gate that decided (for Fail or Inconclusive).")
-    message: str = Field(max_length=4096, description="What was measured against what.")
-    at: str = Field(description="When the window ended (RFC 3339).", json_schema_extra={"format": "date-time"})
-    measured: dict[str, str] | None = Field(default=None, description="Every gate's numbers.",
-                                            json_schema_extra={"maxProperties": 64})
-    source: Literal["pods", "prometheus"] | None = Field(
-        default=None, description="Where the numbers came from: the serving pods' /metrics, or "
-        "spec.rollout.prometheus.")
-
-
-class RolloutCommand(_Model):
-    """An imperative request, written through the status subresource by `kubectl modeldeploy rollout`."""
-
-    action: Literal["pause", "resume", "abort", "retry", "promote"] = Field(description="What to do.")
-    requested_at: str | None = Field(default=None, description="When it was asked (RFC 3339).")
-
-
-class RolloutStatus(_Model):
-    """Where the rollout is; the operator's record of which model is stable (never the spec)."""
-
-    phase: Literal["Healthy", "Progressing", "Paused", "RolledBack"] | None = Field(
-        default=None, description="Healthy (stable serves alone), Progressing, Paused or RolledBack."
-    )
-    stable: ModelKey | None = Field(default=None, description="The model the stable track serves.")
-    canary: ModelKey | None = Field(default=None, description="The model being rolled out.")
-    step: int | None = Field(default=None, description="Index of the current step (0-based).")
-    steps: int | None = Field(default=None, description="How many steps the rollout has.")
-    step_summary: str | None = Field(default=None, description="current/total, for the STEP column.")
-    started_at: str | None = Field(default=None, description="When the rollout began (RFC 3339).")
-    step_started_at: str | None = Field(default=None, description="When the current step began (RFC 3339).")
-    paused_at: str | None = Field(default=None, description="When it was paused (RFC 3339).")
-    paused_by_command: bool | None = Field(default=None, description="Paused by `kubectl modeldeploy rollout pause`.")
-    analysis_started_at: str | None = Field(
-        default=None, description="When the current analysis window began (RFC 3339): a restarted operator judges "
-        "on the same schedule.")
-    consecutive_failures: int | None = Field(default=None, description="Failed analyses in a row.")
-    last_verdict: Verdict | None = Field(default=None, description="The latest analysis.")
-    failed: ModelKey | None = Field(default=None, description="The model rolled back: not tried again until "
-                                    "spec.model changes or `kubectl modeldeploy rollout retry`.")
-    failed_gate: str | None = Field(default=None, description="Why it was rolled back: the gate that failed, "
-                                    "progressDeadline or aborted.")
-    message: str | None = Field(default=None, max_length=32768, description="What the rollout is doing, for people.")
-    command: RolloutCommand | None = Field(default=None, description="A request not yet acted on.")
-    approximation: str | None = Field(
-        default=None, max_length=4096, description="Set while a step cannot be honoured exactly: without a routing "
-        "backend (Istio or the Gateway API) a weight is approximated by the ratio of ready replicas, and a mirror "
-        "step sends the canary nothing.")
-
-
-class ModelDeploymentStatus(_Model):
-    """What the operator observed; written only through the status subresource."""
-
-    observed_generation: int | None = Field(default=None, description="The spec generation last reconciled.")
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="Ready (overall) and the parts: ModelSourceReady, StableReady, CanaryReady, RoutingReady; "
-        "AutoscalingReady (the autoscalers read their metrics; reason ScalingLimited at replicas.max).",
-        json_schema_extra={"maxItems": 16, "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    traffic: Traffic | None = Field(default=None, description="The request split in effect.")
-    routing: RoutingStatus | None = Field(default=None, description="Who routes the requests, and how.")
-    url: str | None = Field(default=None, description="Where clients in the cluster reach the model.")
-    ready_replicas: int | None = Field(default=None, description="Ready serving pods over both tracks.")
-    desired_replicas: int | None = Field(default=None, description="Wanted serving pods over both tracks.")
-    replica_summary: str | None = Field(default=None, description="ready/desired, for the REPLICAS column.")
-    traffic_summary: str | None = Field(default=None, description="stable/canary percent, for the TRAFFIC column.")
-    autoscaling: AutoscalingStatus | None = Field(
-        default=None, description="Per autoscaled track: replicas and the metrics its autoscaler sees."
-    )
-    rollout: RolloutStatus | None = Field(default=None, description="Progressive delivery, when spec.rollout is set.")
-
-
-class ModelDeployment(_Model):
-    """A model served from a PersistentVolumeClaim, with optional canary routing."""
-
-    api_version: Literal["modeldeploy.dev/v1alpha1"] = Field(default="modeldeploy.dev/v1alpha1", alias="apiVersion")
-    kind: Literal["ModelDeployment"] = "ModelDeployment"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: ModelDeploymentSpec
-    status: ModelDeploymentStatus | None = None
-
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-                f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it names the children "
-                "(e.g. <name>-canary)"),
-            cel(f"self.metadata.name.matches('{NAME_PATTERN}')",
-                "metadata.name must be a DNS label starting with a letter: it names the Service"),
-        )
-    )
+    @property
+    def claims(self) -> list[str]:
+        """The claims the pods mount, stable's first, without repeats."""
+        mounted = [self.model.pvc, *([self.canary.source.pvc] if self.canary is not None else [])]
+        return list(dict.fromkeys(mounted))
 
 
 def parse_spec(spec: object) -> ModelDeploymentSpec:

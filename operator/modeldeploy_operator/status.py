@@ -9,108 +9,35 @@ Deployment progress) and carried verbatim, so `kubectl get md` says why without 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeldeploy_operator import builders, names
-from modeldeploy_operator import spec as specs
-from modeldeploy_operator.builders import Owner, Router, Routers, Track
+from modeldeploy_operator import autoscalers, kinds, manifests, routing
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.events import conditions_by_type
+from modeldeploy_operator.manifests import Owner, Track
 from modeldeploy_operator.names import (
     AUTOSCALING_READY,
     CANARY_READY,
-    LABEL_TRACK,
     MODEL_SOURCE_READY,
     READY,
     ROUTING_READY,
     STABLE_READY,
 )
+from modeldeploy_operator.routers import Router, Routers, choose_router
+from modeldeploy_operator.spec import ModelDeploymentSpec
+from modeldeploy_operator.views import (
+    DeploymentView,
+    HpaView,
+    PodView,
+    RouteView,
+    ScaledObjectView,
+    clip,
+    route_parent_name,
+)
 
 TRACK_CONDITION: dict[Track, str] = {"stable": STABLE_READY, "canary": CANARY_READY}
-
-MAX_MESSAGE = 2000
-# Waiting reasons that mean the container will not come up without someone acting.
-STUCK_WAITING_REASONS = frozenset({
-    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
-    "CreateContainerError", "InvalidImageName", "RunContainerError",
-})
-
-
-@dataclass(frozen=True)
-class Problem:
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    """The few fields of a Deployment that status needs (kept small: one per track in memory)."""
-
-    name: str
-    generation: int
-    observed_generation: int
-    replicas: int
-    ready_replicas: int
-    updated_replicas: int
-    problem: Problem | None = None
-
-
-@dataclass(frozen=True)
-class PodView:
-    name: str
-    track: str
-    ready: bool
-    problem: Problem | None = None
-    ip: str = field(default="", compare=False)  # where a rollout's analysis reads the pod's /metrics
-
-
-@dataclass(frozen=True)
-class MetricView:
-    """One metric as the HPA sees it: its current value and target, as the HPA reports them."""
-
-    name: str  # cpu, or the external metric's name (KEDA: s<index>-prometheus)
-    current: str | None
-    target: str | None
-
-
-@dataclass(frozen=True)
-class HpaView:
-    """The few fields of a HorizontalPodAutoscaler that status shows (ours or the one KEDA made)."""
-
-    name: str
-    track: str
-    current_replicas: int
-    desired_replicas: int
-    metrics: tuple[MetricView, ...] = ()
-    conditions: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)  # type -> status, reason, message
-
-
-@dataclass(frozen=True)
-class RouteParentView:
-    """What one parent (a Gateway, or the Service for the mesh) said of the HTTPRoute's current generation."""
-
-    parent: str  # "Gateway ns/name" or "Service name"
-    accepted: bool
-    problem: str = ""  # "Reason: message" of the first condition that is False
-
-
-@dataclass(frozen=True)
-class RouteView:
-    """The HTTPRoute's status.parents, keeping only judgements of its current generation."""
-
-    parents: tuple[RouteParentView, ...] = ()
-
-    def verdict_of(self, parent: str) -> RouteParentView | None:
-        return next((p for p in self.parents if p.parent == parent), None)
-
-
-@dataclass(frozen=True)
-class ScaledObjectView:
-    name: str
-    track: str
-    ready: tuple[str, str, str] | None  # status, reason, message of its Ready condition; None before KEDA spoke
-
 
 @dataclass(frozen=True)
 class Observation:
@@ -118,7 +45,7 @@ class Observation:
 
     owner: Owner
     generation: int
-    spec: specs.ModelDeploymentSpec
+    spec: ModelDeploymentSpec
     claims: Mapping[str, str | None]  # claim name -> phase, None when the claim does not exist
     deployments: Mapping[str, DeploymentView]  # track -> view
     pods: Sequence[PodView] = ()
@@ -130,155 +57,6 @@ class Observation:
     route: RouteView | None = None  # the HTTPRoute's parents' verdicts, once it has been seen
 
 
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def summarize_deployment(body: Mapping[str, Any]) -> DeploymentView:
-    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {}) or {}
-    problem = None
-    for condition in status.get("conditions", []) or []:
-        kind, state, reason = condition.get("type"), condition.get("status"), condition.get("reason", "")
-        if kind == "ReplicaFailure" and state == "True":
-            problem = Problem("ReplicaFailure", _clip(condition.get("message", reason)))
-        elif kind == "Progressing" and state == "False" and reason == "ProgressDeadlineExceeded":
-            problem = problem or Problem("ProgressDeadlineExceeded", _clip(condition.get("message", reason)))
-    return DeploymentView(
-        name=meta.get("name", ""),
-        generation=int(meta.get("generation", 0)),
-        observed_generation=int(status.get("observedGeneration", 0)),
-        replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
-        ready_replicas=int(status.get("readyReplicas", 0) or 0),
-        updated_replicas=int(status.get("updatedReplicas", 0) or 0),
-        problem=problem,
-    )
-
-
-def _metric_spec_name(metric: Mapping[str, Any]) -> str:
-    kind = str(metric.get("type", ""))
-    detail = metric.get(kind[:1].lower() + kind[1:], {}) or {}
-    if kind in {"Resource", "ContainerResource"}:
-        return str(detail.get("name", "resource"))
-    return str((detail.get("metric") or {}).get("name", kind))
-
-
-def _amount(values: Mapping[str, Any] | None) -> str | None:
-    """An HPA MetricTarget/MetricValueStatus as one string: 42% for utilization, else the quantity."""
-    if not values:
-        return None
-    if values.get("averageUtilization") is not None:
-        return f"{values['averageUtilization']}%"
-    for key in ("averageValue", "value"):
-        if values.get(key) is not None:
-            return quantity_text(str(values[key]))
-    return None
-
-
-def quantity_text(quantity: str) -> str:
-    """Milli-quantities ("2500m") as plain numbers ("2.5"): what people compare against a target."""
-    if quantity.endswith("m"):
-        try:
-            return f"{int(quantity[:-1]) / 1000:g}"
-        except ValueError:
-            return quantity
-    return quantity
-
-
-def summarize_hpa(body: Mapping[str, Any]) -> HpaView:
-    meta, spec, status = body.get("metadata", {}), body.get("spec", {}) or {}, body.get("status", {}) or {}
-    targets = {_metric_spec_name(m): _amount((m.get(_key(m)) or {}).get("target")) for m in spec.get("metrics") or []}
-    currents = {_metric_spec_name(m): _amount((m.get(_key(m)) or {}).get("current"))
-                for m in status.get("currentMetrics") or []}
-    metrics = tuple(MetricView(name, currents.get(name), target) for name, target in targets.items())
-    conditions = {str(c.get("type")): (str(c.get("status")), str(c.get("reason", "")), str(c.get("message", "")))
-                  for c in status.get("conditions") or []}
-    return HpaView(
-        name=meta.get("name", ""),
-        track=(meta.get("labels") or {}).get(LABEL_TRACK, ""),
-        current_replicas=int(status.get("currentReplicas", 0) or 0),
-        desired_replicas=int(status.get("desiredReplicas", 0) or 0),
-        metrics=metrics,
-        conditions=conditions,
-    )
-
-
-def route_parent_name(kind: str, name: str, namespace: str) -> str:
-    return f"{kind} {namespace}/{name}" if kind == "Gateway" else f"{kind} {name}"
-
-
-def summarize_route(body: Mapping[str, Any]) -> RouteView:
-    """Each parent's verdict on this generation; a verdict on an older generation says nothing about this one."""
-    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
-    generation, namespace = int(meta.get("generation", 0) or 0), str(meta.get("namespace", ""))
-    parents: list[RouteParentView] = []
-    for reported in status.get("parents") or []:
-        ref = reported.get("parentRef") or {}
-        conditions = [c for c in reported.get("conditions") or [] if c.get("type") in ("Accepted", "ResolvedRefs")]
-        if not conditions or any(int(c.get("observedGeneration", generation) or 0) < generation for c in conditions):
-            continue
-        refused = next((c for c in conditions if c.get("status") != "True"), None)
-        parent = route_parent_name(str(ref.get("kind") or "Gateway"), str(ref.get("name", "")),
-                                   str(ref.get("namespace") or namespace))
-        problem = _clip(f"{refused.get('reason', '')}: {refused.get('message', '')}") if refused else ""
-        parents.append(RouteParentView(parent, refused is None, problem))
-    return RouteView(tuple(parents))
-
-
-def _key(metric: Mapping[str, Any]) -> str:
-    kind = str(metric.get("type", ""))
-    return kind[:1].lower() + kind[1:]
-
-
-def summarize_scaled_object(body: Mapping[str, Any]) -> ScaledObjectView:
-    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
-    ready = next(((str(c.get("status")), str(c.get("reason", "")), str(c.get("message", "")))
-                  for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    return ScaledObjectView(meta.get("name", ""), (meta.get("labels") or {}).get(LABEL_TRACK, ""), ready)
-
-
-def _container_problem(pod_name: str, container: Mapping[str, Any]) -> Problem | None:
-    name = container.get("name", "")
-    state = container.get("state", {}) or {}
-    last = container.get("lastState", {}) or {}
-    terminated = state.get("terminated") or last.get("terminated")
-    waiting = state.get("waiting") or {}
-    if terminated and (terminated.get("message") or terminated.get("exitCode", 0) != 0):
-        detail = terminated.get("message") or terminated.get("reason") or "no message"
-        return Problem(
-            "ServerTerminated",
-            _clip(f"pod {pod_name}: container {name} terminated (exit code {terminated.get('exitCode')}): {detail}"),
-        )
-    if waiting.get("reason") in STUCK_WAITING_REASONS:
-        return Problem(waiting["reason"], _clip(f"pod {pod_name}: container {name}: {waiting.get('message', '')}"))
-    return None
-
-
-def summarize_pod(body: Mapping[str, Any]) -> PodView:
-    """Only not-ready pods can carry a problem: a container that crashed once and recovered is fine."""
-    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
-    name = meta.get("name", "")
-    track = (meta.get("labels") or {}).get(LABEL_TRACK, "")
-    conditions = {c.get("type"): c for c in status.get("conditions", []) or []}
-    ready = conditions.get("Ready", {}).get("status") == "True" and not meta.get("deletionTimestamp")
-    problem = None
-    if not ready and not meta.get("deletionTimestamp"):
-        containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-        for container in containers:
-            problem = _container_problem(name, container)
-            if problem:
-                break
-        scheduled = conditions.get("PodScheduled", {})
-        if problem is None and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-            problem = Problem("Unschedulable", _clip(f"pod {name}: {scheduled.get('message', '')}"))
-        if problem is None and status.get("phase") == "Failed":
-            problem = Problem(status.get("reason") or "PodFailed", _clip(f"pod {name}: {status.get('message', '')}"))
-    return PodView(name=name, track=track, ready=ready, problem=problem, ip=str(status.get("podIP") or ""))
-
-
-def claim_phase(body: Mapping[str, Any]) -> str:
-    return str((body.get("status") or {}).get("phase") or "Pending")
-
 
 @dataclass(frozen=True)
 class _Cond:
@@ -289,7 +67,7 @@ class _Cond:
 
 
 def _model_source(obs: Observation) -> _Cond:
-    for claim in builders.claims(obs.spec):
+    for claim in obs.spec.claims:
         phase = obs.claims.get(claim)
         where = f"PersistentVolumeClaim {claim!r} in namespace {obs.owner.namespace!r}"
         if phase is None:
@@ -298,7 +76,7 @@ def _model_source(obs: Observation) -> _Cond:
             return _Cond(MODEL_SOURCE_READY, "False", "ClaimPending", f"{where} is Pending: not bound to a volume yet")
         if phase != "Bound":
             return _Cond(MODEL_SOURCE_READY, "False", f"Claim{phase}", f"{where} is {phase}")
-    claim_names = ", ".join(builders.claims(obs.spec))
+    claim_names = ", ".join(obs.spec.claims)
     return _Cond(MODEL_SOURCE_READY, "True", "ClaimBound", f"PersistentVolumeClaim {claim_names} bound")
 
 
@@ -313,10 +91,10 @@ def serves(view: DeploymentView | None) -> bool:
 def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
     """The track's condition plus its ready and desired pod counts."""
     kind = TRACK_CONDITION[track]
-    wanted = builders.track_replicas(obs.spec, track).effective_min
+    wanted = manifests.track_replicas(obs.spec, track).effective_min
     view = obs.deployments.get(track)
     if view is None:
-        missing = f"Deployment {builders.child_name(obs.owner, track)} does not exist yet"
+        missing = f"Deployment {manifests.child_name(obs.owner, track)} does not exist yet"
         return _Cond(kind, "False", "DeploymentNotFound", missing), 0, wanted
     # A new autoscaled Deployment starts at 1 until the HPA raises it to min: count min as wanted.
     ready, desired = view.ready_replicas, max(view.replicas, wanted)
@@ -339,19 +117,18 @@ def _track(obs: Observation, track: Track) -> tuple[_Cond, int, int]:
 
 def traffic(obs: Observation, ready: Mapping[str, int]) -> dict[str, int]:
     """The split in effect: the router's weights, or without one what the Service's pod mix gives."""
-    if builders.choose_router(obs.spec, obs.routers) is not None:
-        return builders.weights(obs.spec)
-    tracks = builders.service_tracks(obs.spec, None)
+    if choose_router(obs.spec, obs.routers) is not None:
+        return routing.weights(obs.spec)
+    tracks = routing.service_tracks(obs.spec, None)
     if len(tracks) == 1:
         return {"stable": 100 if tracks[0] == "stable" else 0, "canary": 100 if tracks[0] == "canary" else 0}
     total = ready.get("stable", 0) + ready.get("canary", 0)
     if total == 0:
-        return builders.weights(obs.spec)
+        return routing.weights(obs.spec)
     canary = round(100 * ready.get("canary", 0) / total)
     return {"stable": 100 - canary, "canary": canary}
 
 
-ROUTING_KINDS = {"Service", *(kind.kind for kind in names.ROUTING_KINDS)}
 ROUTER_APIS = {"Istio": "Istio (networking.istio.io)", "GatewayAPI": "the Gateway API (gateway.networking.k8s.io)"}
 
 
@@ -399,11 +176,11 @@ def _service_only(obs: Observation, split: Mapping[str, int]) -> _Cond:
 
 
 def _routing(obs: Observation, split: Mapping[str, int]) -> _Cond:
-    routing_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items()
-                      if child.split("/")[0] in ROUTING_KINDS]
+    router = choose_router(obs.spec, obs.routers)
+    written = set(routing.routing_object_names(obs.owner, obs.spec, router)) if router is not None else set()
+    routing_errors = [f"{child}: {error}" for child, error in obs.apply_errors.items() if child in written]
     if routing_errors:
         return _Cond(ROUTING_READY, "False", "ApplyFailed", "; ".join(routing_errors))
-    router = builders.choose_router(obs.spec, obs.routers)
     if router is None:
         return _service_only(obs, split)
     told = _told(obs, router, split)
@@ -430,10 +207,10 @@ def _gateways_verdict(obs: Observation, told: str) -> _Cond:
 
 def routing_status(obs: Observation) -> dict[str, Any]:
     """status.routing: the backend and its objects, the header matches and the mirrored share."""
-    router = builders.choose_router(obs.spec, obs.routers)
+    router = choose_router(obs.spec, obs.routers)
     result: dict[str, Any] = {"backend": router.name if router else "None"}
     if router is not None:
-        result["resources"] = builders.routing_object_names(obs.owner, obs.spec, router)
+        result["resources"] = routing.routing_object_names(obs.owner, obs.spec, router)
     if router is not None and obs.spec.canary_headers:
         result["canaryHeaders"] = [h.describe() for h in obs.spec.canary_headers]
     if router is not None and obs.spec.mirror_percent:
@@ -448,8 +225,8 @@ def _signal_names(obs: Observation) -> dict[str, str]:
 
 
 def _autoscaler_entry(obs: Observation, track: Track, keda_used: bool, hpa: HpaView | None) -> dict[str, Any]:
-    child = builders.child_name(obs.owner, track)
-    replicas = builders.track_replicas(obs.spec, track)
+    child = manifests.child_name(obs.owner, track)
+    replicas = manifests.track_replicas(obs.spec, track)
     entry: dict[str, Any] = {
         "autoscaler": f"{'ScaledObject' if keda_used else 'HorizontalPodAutoscaler'}/{child}",
         "minReplicas": replicas.effective_min,
@@ -470,29 +247,29 @@ def _autoscaler_entry(obs: Observation, track: Track, keda_used: bool, hpa: HpaV
 def _autoscaling(obs: Observation, config: ServingConfig) -> tuple[_Cond, dict[str, Any]]:
     """AutoscalingReady and the per-track view: what the autoscalers see and say. True while they read
     their metrics; its reason is ScalingLimited while a track wants more than replicas.max."""
-    tracks = [t for t in builders.active_tracks(obs.spec) if builders.track_replicas(obs.spec, t).autoscaled]
+    tracks = [t for t in manifests.active_tracks(obs.spec) if manifests.track_replicas(obs.spec, t).autoscaled]
     if not tracks:
         fixed = "replicas.min equals replicas.max: a fixed count, no autoscaler"
         return _Cond(AUTOSCALING_READY, "True", "FixedReplicas", fixed), {}
     autoscaling = obs.spec.effective_autoscaling
-    keda_used = builders.uses_keda(obs.spec, config, obs.keda)
+    keda_used = autoscalers.uses_keda(obs.spec, config, obs.keda)
     failures: list[tuple[str, str]] = []
     waiting: list[str] = []
     limited: list[str] = []
-    fallback = builders.autoscaler_fallback(obs.spec, config, obs.keda)
+    fallback = autoscalers.autoscaler_fallback(obs.spec, config, obs.keda)
     if fallback is not None:
         asked = ", ".join(signal.name for signal in autoscaling.custom_signals)
-        why = (f"KEDA is not installed (no {names.crd_name(names.SCALED_OBJECT)} CRD)" if fallback == "KEDANotInstalled"
+        why = (f"KEDA is not installed (no {kinds.SCALED_OBJECT.crd_name} CRD)" if fallback == "KEDANotInstalled"
                else "the operator has no Prometheus to read them from (MODELDEPLOY_PROMETHEUS_URL)")
         failures.append((fallback, f"spec.autoscaling asks for {asked} but {why}: scaling on CPU at "
                                    f"{autoscaling.fallback_cpu_utilization}% instead"))
     per_track: dict[str, Any] = {}
     for track in tracks:
-        hpa_name = builders.hpa_name(obs.owner, track, keda_used)
+        hpa_name = autoscalers.hpa_name(obs.owner, track, keda_used)
         hpa = obs.hpas.get(hpa_name)
         per_track[track] = _autoscaler_entry(obs, track, keda_used, hpa)
         if keda_used:
-            scaled = obs.scaled_objects.get(builders.child_name(obs.owner, track))
+            scaled = obs.scaled_objects.get(manifests.child_name(obs.owner, track))
             if scaled is not None and scaled.ready is not None and scaled.ready[0] == "False":
                 failures.append((scaled.ready[1] or "ScaledObjectNotReady",
                                  f"{track}: ScaledObject {scaled.name}: {scaled.ready[2]}"))
@@ -540,14 +317,10 @@ def _stamp(cond: _Cond, generation: int, previous: Mapping[str, Mapping[str, Any
         "type": cond.type,
         "status": cond.status,
         "reason": cond.reason,
-        "message": _clip(cond.message),
+        "message": clip(cond.message),
         "observedGeneration": generation,
         "lastTransitionTime": before["lastTransitionTime"] if unchanged and before else now,
     }
-
-
-def _by_type(conditions: Iterable[Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
-    return {str(c.get("type")): c for c in conditions or []}
 
 
 def compute_status(
@@ -579,7 +352,7 @@ def compute_status(
         summary += f"; canary {state} with {split['canary']}% of requests"
     overall = _overall(parts, obs, summary)
     autoscaling, autoscalers = _autoscaling(obs, config)
-    prior = _by_type((previous or {}).get("conditions"))
+    prior = conditions_by_type((previous or {}).get("conditions"))
     conditions = [_stamp(c, obs.generation, prior, now)
                   for c in (overall, source, stable, canary, routing, autoscaling)]
     extra: dict[str, Any] = {"autoscaling": autoscalers} if autoscalers else {}
@@ -588,7 +361,7 @@ def compute_status(
         "conditions": conditions,
         "traffic": split,
         "routing": routing_status(obs),
-        "url": builders.url(obs.owner, config),
+        "url": manifests.url(obs.owner, config),
         "readyReplicas": ready_total,
         "desiredReplicas": desired_total,
         "replicaSummary": f"{ready_total}/{desired_total}",
@@ -601,40 +374,12 @@ def invalid_spec_status(
     generation: int, message: str, previous: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
     """A stored spec the operator cannot use (e.g. written before a CRD upgrade): say so, touch nothing."""
-    prior = _by_type((previous or {}).get("conditions"))
+    prior = conditions_by_type((previous or {}).get("conditions"))
     cond = _Cond(READY, "False", "InvalidSpec", message)
     kept = [dict(c) for t, c in prior.items() if t != READY]
     return {**(previous or {}), "observedGeneration": generation,
             "conditions": [_stamp(cond, generation, prior, now), *kept]}
 
-
-# Reasons that are a normal step on the way to Ready (a rollout, pods starting): Events for them are
-# Normal, so that `kubectl get events --field-selector type=Warning` lists only what needs a person.
-PROGRESS_REASONS = frozenset({"RollingOut", "RolloutPending", "ReplicasNotReady", "AutoscalerPending"})
-
-
-@dataclass(frozen=True)
-class EventNote:
-    """A Kubernetes Event to post for a condition that changed."""
-
-    type: str  # Normal or Warning
-    reason: str
-    message: str
-
-
-def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[EventNote]:
-    """One Event per condition whose status or reason changed; Warnings for the ones going wrong."""
-    before = _by_type((previous or {}).get("conditions"))
-    notes = []
-    for cond in current.get("conditions", []):
-        old = before.get(cond["type"])
-        if old is not None and old.get("status") == cond["status"] and old.get("reason") == cond["reason"]:
-            continue
-        if old is None and cond["status"] == "True" and cond["type"] != READY:
-            continue  # the first status of a healthy part is not news
-        kind = "Normal" if cond["status"] == "True" or cond["reason"] in PROGRESS_REASONS else "Warning"
-        notes.append(EventNote(kind, cond["reason"], f"{cond['type']} is {cond['status']}: {cond['message']}"))
-    return notes
 
 
 def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:

@@ -23,20 +23,14 @@ from modeldeploy_server.openapi import (
 from modeldeploy_server.rest_codec import EXTENSIONS
 
 
-def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
-    """Every route but inference; the served model's name appears as the only value of ``model_name``."""
-    router = APIRouter()
-    served_model = Annotated[str, model_name_path(plane)]
+def _add_health_routes(router: APIRouter, plane: DataPlane) -> None:
+    """Liveness and readiness, at the Open Inference Protocol's paths and at the probes' paths."""
 
     async def live() -> Response:
         return JSONResponse({"live": True})
 
     async def ready() -> Response:
         return JSONResponse({"ready": plane.ready}, status_code=200 if plane.ready else 503)
-
-    def model_readiness(name: str, version: str | None) -> Response:
-        ready = plane.model_ready(name, version)
-        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     for prefix, tag in (("/v2", TAG), ("", "health")):
         router.add_api_route(f"{prefix}/health/live", live, methods=["GET"], tags=[tag], summary="Liveness")
@@ -48,6 +42,17 @@ def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
             summary="Readiness (503 while loading or draining)",
             responses={503: ERRORS[503]},
         )
+
+
+def build_router(plane: DataPlane, metrics: ServerMetrics) -> APIRouter:
+    """Every route but inference; the served model's name appears as the only value of ``model_name``."""
+    router = APIRouter()
+    served_model = Annotated[str, model_name_path(plane)]
+    _add_health_routes(router, plane)
+
+    def model_readiness(name: str, version: str | None) -> Response:
+        ready = plane.model_ready(name, version)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
     @router.get("/v2", tags=[TAG], response_model=ServerMetadataResponse, summary="Server metadata")
     async def server_metadata() -> Response:

@@ -16,7 +16,7 @@ import pytest
 
 from modeldeploy_operator import analysis
 from modeldeploy_operator.metricsource import PodScraper
-from modeldeploy_operator.status import PodView
+from modeldeploy_operator.views import PodView
 from testsupport.onnx_models import build_slow, failing_on_large_inputs, shifted
 
 DEFAULT_GATES = analysis.Gates()

@@ -50,3 +50,34 @@ def test_the_dataplane_is_free_of_the_rest_binary_extension() -> None:
     """The binary tensor extension is the REST front's business (a gRPC front carries raw contents)."""
     source = (SERVER / "dataplane.py").read_text().lower()
     assert "binary" not in source
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_of_the_operator_or_the_server_is_longer_than_sixty_lines() -> None:
+    long = []
+    for package in (OPERATOR, SERVER):
+        for path in sorted(package.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_architecture_page_names_every_module_in_one_line() -> None:
+    page = (REPO / "docs" / "architecture.md").read_text()
+    unnamed = [f"{package.name}/{path.name}" for package in (OPERATOR, SERVER)
+               for path in sorted(package.rglob("*.py"))
+               if path.name != "__init__.py" and f"- `{path.stem}` — " not in page]
+    assert not unnamed, f"docs/architecture.md does not describe: {unnamed}"
+
+
+def test_the_kind_registry_is_the_operators_only_per_kind_list() -> None:
+    """The cache and the pruning follow the registry: neither names a particular child kind."""
+    for module in ("cache.py", "children.py", "inventory.py", "controller.py", "actions.py"):
+        source = (OPERATOR / module).read_text()
+        for kind in ("DEPLOYMENT", "HPA", "SCALED_OBJECT", "HTTP_ROUTE", "VIRTUAL_SERVICE", "SERVICE"):
+            assert f"kinds.{kind}" not in source, (module, kind)

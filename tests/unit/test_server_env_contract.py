@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from modeldeploy_operator import builders
+from modeldeploy_operator import builders, manifests
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.config import ServingConfig
 from modeldeploy_server.settings import Settings, env_name
 
-OWNER = builders.Owner(name="sentiment", namespace="ml", uid="1234-uid")
+OWNER = manifests.Owner(name="sentiment", namespace="ml", uid="1234-uid")
 SERVER_ENV = {env_name(field) for field in Settings.model_fields}
 SPECS: dict[str, dict[str, Any]] = {
     "minimal": {"model": {"pvc": "models", "path": "sentiment/v1/model.onnx"}},
@@ -30,7 +30,7 @@ SPECS: dict[str, dict[str, Any]] = {
 def serving_envs(raw_spec: dict[str, Any]) -> list[dict[str, str]]:
     spec = specs.parse_spec(raw_spec)
     envs = []
-    for track in builders.active_tracks(spec):
+    for track in manifests.active_tracks(spec):
         deployment = builders.deployment(OWNER, spec, track, ServingConfig())
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         envs.append({item["name"]: item["value"] for item in container["env"]})

@@ -9,10 +9,12 @@ from typing import Any
 
 from kubernetes import config as k8s_config
 
-from modeldeploy_operator.builders import Routers
+from modeldeploy_operator.assembly import Operator, build
+from modeldeploy_operator.cache import Key
 from modeldeploy_operator.config import OperatorConfig
-from modeldeploy_operator.controller import Controller
+from modeldeploy_operator.kinds import MODEL_DEPLOYMENTS
 from modeldeploy_operator.kube import Kube
+from modeldeploy_operator.routers import Routers
 from testsupport.operator_harness import Harness, manifest
 
 V1 = "sentiment/v1/model.onnx"
@@ -72,13 +74,13 @@ def test_without_a_router_status_names_the_ready_replica_approximation(harness: 
     assert "approximated by the ratio of ready replicas" in rollout_status(harness, "weighted")["approximation"]
 
 
-def controller_on(harness: Harness) -> Controller:
-    """The operator's controller in this process, on the real API server, fed by hand instead of watches:
+def controller_on(harness: Harness) -> Operator:
+    """The operator's parts in this process, on the real API server, fed by hand instead of watches:
     the test decides exactly when its cache reads the resource."""
     api_client = k8s_config.new_client_from_config(config_file=str(harness.cluster.kubeconfig))  # type: ignore[no-untyped-call]
-    controller = Controller(Kube(api_client), OperatorConfig(), "test")
-    controller.cache.set_discovered(Routers())
-    return controller
+    operator = build(Kube(api_client), OperatorConfig(), "test")
+    operator.cache.set_discovered(Routers())
+    return operator
 
 
 def test_a_command_written_between_the_operators_read_and_write_is_not_lost(harness: Harness,
@@ -88,16 +90,16 @@ def test_a_command_written_between_the_operators_read_and_write_is_not_lost(harn
     start_rollout(harness, "raced", [{"weight": 20, "pause": "1h"}])
     operator.stop()  # from here on, the controller below is the only operator
     controller = controller_on(harness)
-    key = (harness.namespace, "raced")
+    key = Key("ModelDeployment", harness.namespace, "raced")
 
-    controller.cache.observe_resource(harness.md("raced"))  # the operator reads the resource...
+    controller.cache.observe_resource(MODEL_DEPLOYMENTS, harness.md("raced"))  # the operator reads the resource...
     harness.modeldeploy("rollout", "pause", "raced")  # ...a user asks for a pause...
-    assert controller.reconcile(key) is False  # ...the write onto what was read is refused: decide again
+    assert controller.controller.reconcile(key) is False  # ...the write onto what was read is refused: decide again
     status = rollout_status(harness, "raced")
     assert (status["phase"], status["command"]["action"]) == ("Progressing", "pause")
 
-    controller.cache.observe_resource(harness.md("raced"))  # the watch delivers the newer object
-    assert controller.reconcile(key) is True
+    controller.cache.observe_resource(MODEL_DEPLOYMENTS, harness.md("raced"))  # the watch delivers the newer object
+    assert controller.controller.reconcile(key) is True
     status = rollout_status(harness, "raced")
     assert (status["phase"], status.get("pausedByCommand"), "command" in status) == ("Paused", True, False)
     harness.eventually(lambda: "RolloutPaused" in harness.event_reasons("raced"), 30, "the RolloutPaused Event")
@@ -106,7 +108,7 @@ def test_a_command_written_between_the_operators_read_and_write_is_not_lost(harn
 
     # The operator's own writes do not conflict with each other: the cache keeps the version each one made.
     harness.modeldeploy("rollout", "resume", "raced")
-    controller.cache.observe_resource(harness.md("raced"))
-    assert controller.reconcile(key) is True
+    controller.cache.observe_resource(MODEL_DEPLOYMENTS, harness.md("raced"))
+    assert controller.controller.reconcile(key) is True
     assert rollout_status(harness, "raced")["phase"] == "Progressing"
-    assert controller.reconcile(key) is True
+    assert controller.controller.reconcile(key) is True

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modeldeploy_operator import builders, names, spec, status
+from modeldeploy_operator import manifests, names, spec, status, views
 from modeldeploy_operator.config import ServingConfig
 from testsupport.argo_lua import run_health_check
 
@@ -79,14 +79,14 @@ def resource_with_status(
     spec_body: dict[str, Any] = {"model": STABLE_MODEL, "replicas": {"min": 2, "max": 4}}
     if canary_percent is not None:
         spec_body["canary"] = {"model": CANARY_MODEL, "trafficPercent": canary_percent}
-    owner = builders.Owner(name="sentiment", namespace="ml", uid="0000")
+    owner = manifests.Owner(name="sentiment", namespace="ml", uid="0000")
     observation = status.Observation(
         owner=owner,
         generation=3,
         spec=spec.parse_spec(spec_body),
         claims={"models": claim_phase},
-        deployments={track: status.summarize_deployment(body) for track, body in deployments.items()},
-        pods=[status.summarize_pod(body) for body in pods],
+        deployments={track: views.summarize_deployment(body) for track, body in deployments.items()},
+        pods=[views.summarize_pod(body) for body in pods],
     )
     return {
         "apiVersion": "modeldeploy.dev/v1alpha1",

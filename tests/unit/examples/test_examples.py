@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from modeldeploy_operator import plugin
-from modeldeploy_operator.spec import ModelDeployment, check_name
+from modeldeploy_operator.crd import ModelDeployment
+from modeldeploy_operator.spec import check_name
 from testsupport.merge_patch import apply_merge_patch
 
 REPO = Path(__file__).resolve().parents[3]

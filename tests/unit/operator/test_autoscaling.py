@@ -4,18 +4,20 @@ queries, and the status that shows it — pure functions, plain dict asserts."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from modeldeploy_operator import builders, reconcile
+from modeldeploy_operator import autoscalers, builders, routers, views
 from modeldeploy_operator import rollout as rollouts
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as statuses
-from modeldeploy_operator.builders import Owner
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.kinds import HPA, MODEL_DEPLOYMENTS
+from modeldeploy_operator.manifests import Owner
+from modeldeploy_operator.rollout_status import effective_spec
+from modeldeploy_operator.status_schema import RolloutStatus
 
 OWNER = Owner(name="sentiment", namespace="ml", uid="1234-uid")
 CONFIG = ServingConfig(prometheus_url="http://prometheus.monitoring:9090", metrics_window="30s")
@@ -32,7 +34,7 @@ def kinds(children: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def test_default_behaviour_is_spelled_out_on_the_hpa() -> None:
-    hpa = builders.horizontal_pod_autoscaler(OWNER, make_spec(), "stable", CONFIG)
+    hpa = autoscalers.horizontal_pod_autoscaler(OWNER, make_spec(), "stable", CONFIG)
     assert hpa is not None
     assert hpa["spec"]["metrics"] == [
         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
@@ -48,7 +50,7 @@ def test_default_behaviour_is_spelled_out_on_the_hpa() -> None:
 def test_user_behaviour_replaces_the_default_limits() -> None:
     spec = make_spec(autoscaling={"scaleDown": {"stabilizationWindowSeconds": 20, "maxPods": 1},
                                   "scaleUp": {"maxPercent": 200, "periodSeconds": 5}})
-    assert builders.scaling_behavior(spec) == {
+    assert autoscalers.scaling_behavior(spec) == {
         "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
             {"type": "Percent", "value": 200, "periodSeconds": 5}]},
         "scaleDown": {"stabilizationWindowSeconds": 20, "selectPolicy": "Min", "policies": [
@@ -59,7 +61,7 @@ def test_user_behaviour_replaces_the_default_limits() -> None:
 def test_custom_signals_with_keda_make_a_scaled_object_and_no_hpa() -> None:
     spec = make_spec(autoscaling={"concurrency": 4, "queueTimeP95Ms": 50, "requestsPerSecond": 20,
                                   "cpuUtilization": 80})
-    children = builders.desired_children(OWNER, spec, CONFIG, builders.Routers(), keda=True)
+    children = builders.desired_children(OWNER, spec, CONFIG, routers.Routers(), keda=True)
     assert kinds(children) == [("Deployment", "sentiment-stable"), ("ScaledObject", "sentiment-stable"),
                                ("Service", "sentiment"), ("PodDisruptionBudget", "sentiment")]
     deployment, scaled = children[0], children[1]
@@ -69,7 +71,7 @@ def test_custom_signals_with_keda_make_a_scaled_object_and_no_hpa() -> None:
     body = scaled["spec"]
     assert body["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sentiment-stable"}
     assert (body["minReplicaCount"], body["maxReplicaCount"]) == (1, 5)
-    assert body["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == builders.scaling_behavior(spec)
+    assert body["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == autoscalers.scaling_behavior(spec)
     assert "fallback" not in body  # metrics missing: the HPA keeps the count, KEDA must not impose one
     selector = 'namespace="ml",modeldeployment="sentiment",track="stable"'
     assert body["triggers"] == [
@@ -92,7 +94,7 @@ def test_custom_signals_with_keda_make_a_scaled_object_and_no_hpa() -> None:
 
 def test_queries_never_count_a_raw_counter() -> None:
     spec = make_spec(autoscaling={"requestsPerSecond": 5})
-    scaled = builders.scaled_object(OWNER, spec, "stable", CONFIG, keda=True)
+    scaled = autoscalers.scaled_object(OWNER, spec, "stable", CONFIG, keda=True)
     assert scaled is not None
     [trigger] = scaled["spec"]["triggers"]
     assert "rate(modeldeploy_requests_total" in trigger["metadata"]["query"]
@@ -100,22 +102,22 @@ def test_queries_never_count_a_raw_counter() -> None:
 
 @pytest.mark.parametrize(("keda", "config", "reason"), [
     (False, CONFIG, "KEDANotInstalled"),
-    (True, replace(CONFIG, prometheus_url=None), "PrometheusNotConfigured"),
+    (True, CONFIG.model_copy(update={"prometheus_url": None}), "PrometheusNotConfigured"),
 ])
 def test_without_keda_or_prometheus_the_track_falls_back_to_cpu(keda: bool, config: ServingConfig,
                                                                  reason: str) -> None:
     spec = make_spec(autoscaling={"concurrency": 4})
-    children = builders.desired_children(OWNER, spec, config, builders.Routers(), keda=keda)
+    children = builders.desired_children(OWNER, spec, config, routers.Routers(), keda=keda)
     assert [kind for kind, _ in kinds(children)] == ["Deployment", "HorizontalPodAutoscaler", "Service",
                                                       "PodDisruptionBudget"]
     assert children[1]["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
-    assert builders.autoscaler_fallback(spec, config, keda) == reason
+    assert autoscalers.autoscaler_fallback(spec, config, keda) == reason
 
 
 def test_canary_gets_its_own_scaled_object_with_its_own_bounds_and_series() -> None:
     spec = make_spec(autoscaling={"concurrency": 2},
                      canary={"model": {"pvc": "models", "path": "b.onnx"}, "replicas": {"min": 1, "max": 3}})
-    children = builders.desired_children(OWNER, spec, CONFIG, builders.Routers(), keda=True)
+    children = builders.desired_children(OWNER, spec, CONFIG, routers.Routers(), keda=True)
     canary = next(c for c in children if c["kind"] == "ScaledObject" and c["metadata"]["name"] == "sentiment-canary")
     assert canary["spec"]["maxReplicaCount"] == 3
     assert 'track="canary"' in canary["spec"]["triggers"][0]["metadata"]["query"]
@@ -129,11 +131,11 @@ def test_during_a_rollout_the_canary_keeps_its_minimum_and_scales_on_its_own_pod
     with spec.replicas' bounds whatever its share of requests, reading only its own pods' series."""
     spec = make_spec(model={"pvc": "models", "path": "b.onnx"}, replicas={"min": 2, "max": 6},
                      autoscaling={"concurrency": 3}, rollout={"steps": [step, {"weight": 50}]})
-    healthy = rollouts.RolloutState(stable={"pvc": "models", "path": "a.onnx"})
+    healthy = RolloutStatus(stable={"pvc": "models", "path": "a.onnx"})
     decision = rollouts.decide(healthy, spec, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert decision.state.phase == "Progressing"
-    served = reconcile.effective_spec(spec, decision.routing)
-    children = builders.desired_children(OWNER, served, CONFIG, builders.Routers(), keda=keda)
+    served = effective_spec(spec, decision.serving)
+    children = builders.desired_children(OWNER, served, CONFIG, routers.Routers(), keda=keda)
     autoscalers = {c["metadata"]["name"]: c for c in children
                    if c["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
     assert sorted(autoscalers) == ["sentiment-canary", "sentiment-stable"]
@@ -153,7 +155,7 @@ def test_during_a_rollout_the_canary_keeps_its_minimum_and_scales_on_its_own_pod
 
 def test_fixed_replicas_get_no_autoscaler_even_with_signals() -> None:
     spec = make_spec(replicas={"min": 2, "max": 2}, autoscaling={"concurrency": 2})
-    assert kinds(builders.desired_children(OWNER, spec, CONFIG, builders.Routers(), keda=True)) == [
+    assert kinds(builders.desired_children(OWNER, spec, CONFIG, routers.Routers(), keda=True)) == [
         ("Deployment", "sentiment-stable"), ("Service", "sentiment"), ("PodDisruptionBudget", "sentiment")]
 
 
@@ -195,12 +197,12 @@ KEDA_CURRENT = {"type": "External", "external": {"metric": {"name": "s0-promethe
 
 def observe(spec: specs.ModelDeploymentSpec, keda: bool, hpas: list[dict[str, Any]],
             scaled: list[dict[str, Any]] = ()) -> statuses.Observation:  # type: ignore[assignment]
-    views = [statuses.summarize_hpa(body) for body in hpas]
-    scaled_views = [statuses.summarize_scaled_object(body) for body in scaled]
-    deployment = statuses.DeploymentView("sentiment-stable", 1, 1, 3, 3, 3)
+    hpa_views = [views.summarize_hpa(body) for body in hpas]
+    scaled_views = [views.summarize_scaled_object(body) for body in scaled]
+    deployment = views.DeploymentView("sentiment-stable", 1, 1, 3, 3, 3)
     return statuses.Observation(
         owner=OWNER, generation=1, spec=spec, claims={"models": "Bound"}, deployments={"stable": deployment},
-        keda=keda, hpas={v.name: v for v in views}, scaled_objects={v.name: v for v in scaled_views},
+        keda=keda, hpas={v.name: v for v in hpa_views}, scaled_objects={v.name: v for v in scaled_views},
     )
 
 
@@ -277,17 +279,19 @@ def test_an_hpa_that_has_not_reported_is_pending_and_fixed_replicas_need_none() 
 
 
 def test_keda_made_hpa_is_observed_but_never_pruned() -> None:
-    from modeldeploy_operator.cache import WatchCache
+    from modeldeploy_operator.cache import Key, WatchCache
 
     cache = WatchCache()
+    key = Key("ModelDeployment", "ml", "sentiment")
     body = hpa_body("keda-hpa-sentiment-stable", "stable", [KEDA_METRIC], [KEDA_CURRENT], ACTIVE)
     body["metadata"].update(namespace="ml", uid="u1", labels={
         "modeldeploy.dev/name": "sentiment", "modeldeploy.dev/track": "stable"},
         ownerReferences=[{"kind": "ScaledObject", "name": "sentiment-stable", "controller": True}])
-    assert cache.observe_child(body, "HorizontalPodAutoscaler") == ("ml", "sentiment")
-    cache.observe_resource({"metadata": {"name": "sentiment", "namespace": "ml", "uid": "md", "generation": 1},
-                            "spec": {"model": {"pvc": "models", "path": "a.onnx"}}})
-    snapshot = cache.snapshot(("ml", "sentiment"))
+    assert cache.observe("HorizontalPodAutoscaler", body) == [key]
+    cache.observe_resource(MODEL_DEPLOYMENTS, {"metadata": {"name": "sentiment", "namespace": "ml", "uid": "md",
+                                                            "generation": 1},
+                                               "spec": {"model": {"pvc": "models", "path": "a.onnx"}}})
+    snapshot = cache.snapshot(key)
     assert snapshot is not None
     assert snapshot.children == {}
-    assert list(snapshot.hpas) == ["keda-hpa-sentiment-stable"]
+    assert list(snapshot.views_of(HPA, views.HpaView)) == ["keda-hpa-sentiment-stable"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeldeploy_operator import builders, names
+from modeldeploy_operator import autoscalers, builders, names, routing
 from modeldeploy_operator import spec as specs
-from modeldeploy_operator.builders import Owner, Router, Routers
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.manifests import Owner
+from modeldeploy_operator.routers import Router, Routers, choose_router
 
 OWNER = Owner(name="sentiment", namespace="ml", uid="1234-uid")
 CONFIG = ServingConfig(server_image="example.test/server:cpu", gpu_server_image="example.test/server:gpu")
@@ -118,11 +119,11 @@ def test_labels_selector_and_owner_reference() -> None:
 def test_replicas_only_without_an_autoscaler() -> None:
     fixed = builders.deployment(OWNER, make_spec(replicas={"min": 3}), "stable", CONFIG)
     assert fixed["spec"]["replicas"] == 3
-    assert builders.horizontal_pod_autoscaler(OWNER, make_spec(replicas={"min": 3}), "stable", CONFIG) is None
+    assert autoscalers.horizontal_pod_autoscaler(OWNER, make_spec(replicas={"min": 3}), "stable", CONFIG) is None
     scaled_spec = make_spec(replicas={"min": 2, "max": 6}, autoscaling={"cpuUtilization": 55})
     scaled = builders.deployment(OWNER, scaled_spec, "stable", CONFIG)
     assert "replicas" not in scaled["spec"]
-    hpa = builders.horizontal_pod_autoscaler(OWNER, scaled_spec, "stable", CONFIG)
+    hpa = autoscalers.horizontal_pod_autoscaler(OWNER, scaled_spec, "stable", CONFIG)
     assert hpa is not None
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sentiment-stable"}
@@ -135,7 +136,7 @@ def test_canary_replicas_override() -> None:
     spec = make_spec(replicas={"min": 4, "max": 8},
                      canary={"model": {"pvc": "m", "path": "b.onnx"}, "replicas": {"min": 1}})
     assert builders.deployment(OWNER, spec, "canary", CONFIG)["spec"]["replicas"] == 1
-    assert builders.horizontal_pod_autoscaler(OWNER, spec, "canary", CONFIG) is None
+    assert autoscalers.horizontal_pod_autoscaler(OWNER, spec, "canary", CONFIG) is None
 
 
 def test_gpu_limits_toleration_image_and_providers() -> None:
@@ -160,7 +161,7 @@ def test_cpu_only_has_no_gpu_traces() -> None:
 
 
 def test_service_pdb_and_destination_rule() -> None:
-    service = builders.service(OWNER, with_canary(), ISTIO)
+    service = routing.service(OWNER, with_canary(), ISTIO)
     assert service["spec"]["selector"] == {"app.kubernetes.io/name": "modeldeploy-server",
                                            "app.kubernetes.io/instance": "sentiment"}
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP",
@@ -168,7 +169,7 @@ def test_service_pdb_and_destination_rule() -> None:
     pdb = builders.pod_disruption_budget(OWNER)
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    rule = builders.destination_rule(OWNER, ISTIO, CONFIG)
+    rule = routing.destination_rule(OWNER, ISTIO, CONFIG)
     assert rule["apiVersion"] == "networking.istio.io/v1"
     assert rule["spec"] == {"host": "sentiment.ml.svc.cluster.local", "subsets": [
         {"name": "stable", "labels": {"modeldeploy.dev/track": "stable"}},
@@ -178,10 +179,10 @@ def test_service_pdb_and_destination_rule() -> None:
 
 def test_service_without_istio_follows_the_requested_extremes() -> None:
     track = "modeldeploy.dev/track"
-    assert builders.service(OWNER, with_canary(0), None)["spec"]["selector"][track] == "stable"
-    assert builders.service(OWNER, with_canary(100), None)["spec"]["selector"][track] == "canary"
-    assert track not in builders.service(OWNER, with_canary(30), None)["spec"]["selector"]
-    assert builders.service(OWNER, make_spec(), None)["spec"]["selector"][track] == "stable"
+    assert routing.service(OWNER, with_canary(0), None)["spec"]["selector"][track] == "stable"
+    assert routing.service(OWNER, with_canary(100), None)["spec"]["selector"][track] == "canary"
+    assert track not in routing.service(OWNER, with_canary(30), None)["spec"]["selector"]
+    assert routing.service(OWNER, make_spec(), None)["spec"]["selector"][track] == "stable"
 
 
 def route_weights(vs: dict[str, Any]) -> dict[str, int]:
@@ -189,11 +190,11 @@ def route_weights(vs: dict[str, Any]) -> dict[str, int]:
 
 
 def test_virtual_service_weights_follow_traffic_percent() -> None:
-    split = route_weights(builders.virtual_service(OWNER, with_canary(30), ISTIO, CONFIG))
+    split = route_weights(routing.virtual_service(OWNER, with_canary(30), ISTIO, CONFIG))
     assert split == {"stable": 70, "canary": 30}
-    assert route_weights(builders.virtual_service(OWNER, make_spec(), ISTIO, CONFIG)) == {"stable": 100}
-    routing = {"hosts": ["s.example.com"], "gateways": ["gw/public"]}
-    vs = builders.virtual_service(OWNER, with_canary(10, routing=routing), ISTIO, CONFIG)
+    assert route_weights(routing.virtual_service(OWNER, make_spec(), ISTIO, CONFIG)) == {"stable": 100}
+    through_gateway = {"hosts": ["s.example.com"], "gateways": ["gw/public"]}
+    vs = routing.virtual_service(OWNER, with_canary(10, routing=through_gateway), ISTIO, CONFIG)
     assert vs["spec"]["hosts"] == ["sentiment.ml.svc.cluster.local", "s.example.com"]
     assert vs["spec"]["gateways"] == ["gw/public", "mesh"]
 
@@ -216,8 +217,8 @@ def test_desired_children_sets() -> None:
 
 
 def test_router_choice_auto_prefers_istio_and_an_explicit_choice_waits_for_its_crds() -> None:
-    def chosen(backend: str | None, routers: Routers) -> Router | None:
-        return builders.choose_router(make_spec(routing={"backend": backend} if backend else {}), routers)
+    def chosen(backend: str | None, installed: Routers) -> Router | None:
+        return choose_router(make_spec(routing={"backend": backend} if backend else {}), installed)
 
     assert chosen(None, BOTH) == ISTIO
     assert chosen("Auto", Routers(gateway_api="v1")) == GATEWAY_API
@@ -258,7 +259,7 @@ def test_gateway_api_children_are_per_track_services_and_an_http_route() -> None
 
 
 def test_http_route_without_gateways_attaches_to_the_service_for_the_mesh() -> None:
-    route = builders.http_route(OWNER, make_spec(), GATEWAY_API)
+    route = routing.http_route(OWNER, make_spec(), GATEWAY_API)
     assert route["spec"]["parentRefs"] == [{"group": "", "kind": "Service", "name": "sentiment", "port": 80}]
     assert route["spec"]["rules"] == [{"name": "traffic", "backendRefs": [
         {"group": "", "kind": "Service", "name": "sentiment-stable", "port": 80, "weight": 100}]}]
@@ -272,7 +273,7 @@ SHADOW_CANARY = {"model": {"pvc": "models", "path": "v2.onnx"}, "mirrorPercent":
 
 def test_header_matches_go_to_the_canary_before_the_weights_in_both_routers() -> None:
     spec = make_spec(canary=AB_CANARY)
-    vs_rules = builders.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
+    vs_rules = routing.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
     host = "sentiment.ml.svc.cluster.local"
     assert vs_rules[0] == {
         "name": "canary-headers",
@@ -281,7 +282,7 @@ def test_header_matches_go_to_the_canary_before_the_weights_in_both_routers() ->
     }
     assert vs_rules[1]["name"] == "traffic"
     assert route_weights({"spec": {"http": vs_rules[1:]}}) == {"stable": 90, "canary": 10}
-    route_rules = builders.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
+    route_rules = routing.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
     assert route_rules[0] == {
         "name": "canary-headers",
         "matches": [{"headers": [{"type": "Exact", "name": "x-model-variant", "value": "v2"}]},
@@ -293,14 +294,14 @@ def test_header_matches_go_to_the_canary_before_the_weights_in_both_routers() ->
 
 def test_shadow_traffic_mirrors_a_share_of_stable_to_the_canary_in_both_routers() -> None:
     spec = make_spec(canary=SHADOW_CANARY)
-    (weighted,) = builders.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
+    (weighted,) = routing.virtual_service(OWNER, spec, ISTIO, CONFIG)["spec"]["http"]
     assert weighted["mirror"] == {"host": "sentiment.ml.svc.cluster.local", "subset": "canary"}
     assert weighted["mirrorPercentage"] == {"value": 50.0}
     assert route_weights({"spec": {"http": [weighted]}}) == {"stable": 100, "canary": 0}
-    (rule,) = builders.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
+    (rule,) = routing.http_route(OWNER, spec, GATEWAY_API)["spec"]["rules"]
     assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
         "backendRef": {"group": "", "kind": "Service", "name": "sentiment-canary", "port": 80}, "percent": 50}}]
-    assert "mirror" not in builders.virtual_service(OWNER, with_canary(10), ISTIO, CONFIG)["spec"]["http"][0]
+    assert "mirror" not in routing.virtual_service(OWNER, with_canary(10), ISTIO, CONFIG)["spec"]["http"][0]
 
 
 def test_content_hash_tracks_content_and_is_stable() -> None:

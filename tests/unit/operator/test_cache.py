@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeldeploy_operator import builders, names
-from modeldeploy_operator.cache import Snapshot, WatchCache
-from modeldeploy_operator.reconcile import needs_apply
+from modeldeploy_operator import names, routers
+from modeldeploy_operator.cache import Key, Snapshot, WatchCache
+from modeldeploy_operator.children import needs_apply
+from modeldeploy_operator.kinds import DEPLOYMENT, HTTP_ROUTE, MODEL_DEPLOYMENTS
 from modeldeploy_operator.spec import parse_spec
+from modeldeploy_operator.views import DeploymentView, RouteView
+
+KEY = Key("ModelDeployment", "ml", "sentiment")
 
 LABELS = {"modeldeploy.dev/name": "sentiment", "app.kubernetes.io/managed-by": "modeldeploy"}
 
@@ -22,12 +26,12 @@ def resource(generation: int, status: dict[str, Any] | None = None) -> dict[str,
 
 def test_resource_needs_reconcile_on_new_spec_or_foreign_status_only() -> None:
     cache = WatchCache()
-    assert cache.observe_resource(resource(1))
-    assert not cache.observe_resource(resource(1))
-    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1})
-    assert not cache.observe_resource(resource(1, {"observedGeneration": 1}))  # our own write echoed
-    assert cache.observe_resource(resource(1, {}))  # someone wiped the status
-    assert cache.observe_resource(resource(2, {}))
+    assert cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    assert not cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    cache.record_status(KEY, {"observedGeneration": 1})
+    assert not cache.observe_resource(MODEL_DEPLOYMENTS, resource(1, {"observedGeneration": 1}))  # our own write echoed
+    assert cache.observe_resource(MODEL_DEPLOYMENTS, resource(1, {}))  # someone wiped the status
+    assert cache.observe_resource(MODEL_DEPLOYMENTS, resource(2, {}))
 
 
 def test_our_status_write_moves_the_cached_resource_version() -> None:
@@ -35,9 +39,9 @@ def test_our_status_write_moves_the_cached_resource_version() -> None:
     cache = WatchCache()
     body = resource(1)
     body["metadata"]["resourceVersion"] = "10"
-    cache.observe_resource(body)
-    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1}, "11")
-    snapshot = cache.snapshot(("ml", "sentiment"))
+    cache.observe_resource(MODEL_DEPLOYMENTS, body)
+    cache.record_status(KEY, {"observedGeneration": 1}, "11")
+    snapshot = cache.snapshot(KEY)
     assert snapshot is not None
     assert (snapshot.body["metadata"]["resourceVersion"], snapshot.status) == ("11", {"observedGeneration": 1})
     assert body["metadata"]["resourceVersion"] == "10"  # what the watch delivered is not edited in place
@@ -50,13 +54,13 @@ def test_a_newer_version_seen_while_our_write_was_in_flight_is_kept() -> None:
     body = resource(1, {"observedGeneration": 1})
     body["metadata"]["resourceVersion"] = "12"
     body["status"]["rollout"] = {"command": {"action": "pause"}}
-    cache.observe_resource(body)
-    cache.record_status(("ml", "sentiment"), {"observedGeneration": 1}, "11", written_over="10")
-    snapshot = cache.snapshot(("ml", "sentiment"))
+    cache.observe_resource(MODEL_DEPLOYMENTS, body)
+    cache.record_status(KEY, {"observedGeneration": 1}, "11", written_over="10")
+    snapshot = cache.snapshot(KEY)
     assert snapshot is not None and snapshot.body["metadata"]["resourceVersion"] == "12"
     assert snapshot.status == body["status"]
-    cache.record_status(("ml", "sentiment"), {"observedGeneration": 2}, "13", written_over="12")
-    snapshot = cache.snapshot(("ml", "sentiment"))
+    cache.record_status(KEY, {"observedGeneration": 2}, "13", written_over="12")
+    snapshot = cache.snapshot(KEY)
     assert snapshot is not None and snapshot.status == {"observedGeneration": 2}
 
 
@@ -75,25 +79,25 @@ HAND_EDIT = {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:s
 
 
 def snapshot(cache: WatchCache) -> Snapshot:
-    found = cache.snapshot(("ml", "sentiment"))
+    found = cache.snapshot(KEY)
     assert found is not None
     return found
 
 
 def test_hand_edits_are_spotted_from_managed_fields() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
-    assert cache.observe_child(deployment_body([OURS, CONTROLLER_STATUS])) == ("ml", "sentiment")
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    assert cache.observe("Deployment", deployment_body([OURS, CONTROLLER_STATUS])) == [KEY]
     child = snapshot(cache).children[("Deployment", "sentiment-stable")]
     assert not child.foreign_edit
-    cache.observe_child(deployment_body([OURS, CONTROLLER_STATUS, HAND_EDIT]))
+    cache.observe("Deployment", deployment_body([OURS, CONTROLLER_STATUS, HAND_EDIT]))
     assert snapshot(cache).children[("Deployment", "sentiment-stable")].foreign_edit
 
 
 def test_needs_apply() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
-    cache.observe_child(deployment_body([OURS], replicas=2))
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    cache.observe("Deployment", deployment_body([OURS], replicas=2))
     observed = snapshot(cache).children[("Deployment", "sentiment-stable")]
     wanted = {"kind": "Deployment", "metadata": {"annotations": {names.HASH_ANNOTATION: "h1"}},
               "spec": {"replicas": 2}}
@@ -105,43 +109,43 @@ def test_needs_apply() -> None:
 
 def test_deleted_children_leave_the_cache() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
     body = deployment_body([OURS])
-    cache.observe_child(body)
-    assert snapshot(cache).deployments
-    cache.forget_child(body)
+    cache.observe(body["kind"], body)
+    assert snapshot(cache).views_of(DEPLOYMENT, DeploymentView)
+    cache.forget(body["kind"], body)
     assert snapshot(cache).children == {}
-    assert snapshot(cache).deployments == {}
+    assert snapshot(cache).views_of(DEPLOYMENT, DeploymentView) == {}
 
 
 def test_claim_users_and_routing_switch() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
-    assert cache.users_of_claim("ml", "models") == [("ml", "sentiment")]
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    assert cache.users_of_claim("ml", "models") == [KEY]
     assert cache.users_of_claim("ml", "other") == []
     assert snapshot(cache).claims == {"models": None}
     cache.observe_claim({"metadata": {"name": "models", "namespace": "ml"}, "status": {"phase": "Bound"}})
     assert snapshot(cache).claims == {"models": "Bound"}
-    assert cache.routers() == builders.Routers()
+    assert cache.routers() == routers.Routers()
     assert not cache.set_routing_crd("VirtualService", "v1")
     assert cache.set_routing_crd("DestinationRule", "v1")
-    assert cache.routers() == builders.Routers(istio="v1")
+    assert cache.routers() == routers.Routers(istio="v1")
     assert cache.set_routing_crd("HTTPRoute", "v1")
-    assert snapshot(cache).routers == builders.Routers(istio="v1", gateway_api="v1")
+    assert snapshot(cache).routers == routers.Routers(istio="v1", gateway_api="v1")
     assert cache.set_routing_crd("VirtualService", None)
-    assert cache.routers() == builders.Routers(gateway_api="v1")
+    assert cache.routers() == routers.Routers(gateway_api="v1")
 
 
 def test_discovery_fills_in_until_the_crd_watch_speaks() -> None:
     cache = WatchCache()
     assert cache.set_routing_crd("HTTPRoute", None)  is False  # the watch saw it deleted
-    cache.set_discovered(builders.Routers(istio="v1beta1", gateway_api="v1"))
-    assert cache.routers() == builders.Routers(istio="v1beta1")
+    cache.set_discovered(routers.Routers(istio="v1beta1", gateway_api="v1"))
+    assert cache.routers() == routers.Routers(istio="v1beta1")
 
 
 def test_spec_of_cached_resource_parses() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
     entry = snapshot(cache)
     assert parse_spec(entry.body["spec"]).model.pvc == "models"
     assert entry.spec == parse_spec(entry.body["spec"])  # parsed once, when the resource changed
@@ -173,16 +177,16 @@ def test_a_routing_crd_being_deleted_counts_as_gone() -> None:
 
 def test_the_http_routes_parent_verdicts_reach_the_snapshot_and_leave_with_it() -> None:
     cache = WatchCache()
-    cache.observe_resource(resource(1))
-    route = {"kind": "HTTPRoute",
+    cache.observe_resource(MODEL_DEPLOYMENTS, resource(1))
+    route: dict[str, Any] = {"kind": "HTTPRoute",
              "metadata": {"name": "sentiment", "namespace": "ml", "uid": "r1", "generation": 2, "labels": LABELS,
                           "managedFields": [OURS]},
              "status": {"parents": [{"parentRef": {"name": "public", "namespace": "edge"},
                                      "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
                                                      "observedGeneration": 2}]}]}}
-    assert cache.observe_child(route) == ("ml", "sentiment")
-    route_view = snapshot(cache).route
+    assert cache.observe(route["kind"], route) == [KEY]
+    route_view = snapshot(cache).views_of(HTTP_ROUTE, RouteView).get("sentiment")
     assert route_view is not None and route_view.parents[0].parent == "Gateway edge/public"
     assert route_view.parents[0].accepted
-    cache.forget_child(route)
-    assert snapshot(cache).route is None
+    cache.forget(route["kind"], route)
+    assert snapshot(cache).views_of(HTTP_ROUTE, RouteView).get("sentiment") is None

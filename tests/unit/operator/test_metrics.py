@@ -7,12 +7,15 @@ import datetime as dt
 from prometheus_client.parser import text_string_to_metric_families
 
 from modeldeploy_operator import analysis
-from modeldeploy_operator import rollout as rollouts
-from modeldeploy_operator.metrics import OperatorMetrics, finished_result, verdict_gate
+from modeldeploy_operator.cache import Key
+from modeldeploy_operator.metrics import OperatorMetrics, verdict_gate
+from modeldeploy_operator.rollout import Decision, Event, Serving
+from modeldeploy_operator.status_schema import ModelKey, RolloutStatus
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-STABLE = {"pvc": "models", "path": "v1.onnx"}
-CANARY = {"pvc": "models", "path": "v2.onnx"}
+STABLE = ModelKey(pvc="models", path="v1.onnx")
+CANARY = ModelKey(pvc="models", path="v2.onnx")
+A, B = Key("ModelDeployment", "ml", "a"), Key("ModelDeployment", "ml", "b")
 
 
 def exported(metrics: OperatorMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -29,25 +32,15 @@ def test_a_verdict_is_counted_under_the_gate_that_decided_it() -> None:
     assert [verdict_gate(v) for v in (few, failing, passing)] == ["minRequests", "errorRate", "none"]
 
 
-def test_how_a_rollout_ended_comes_from_its_event_and_gate() -> None:
-    rolled_back = rollouts.RolloutState(phase="RolledBack", failed_gate="errorRate")
-    aborted = rollouts.RolloutState(phase="RolledBack", failed_gate=rollouts.GATE_ABORTED)
-    assert finished_result(rolled_back, "RolledBack") == "rolled_back"
-    assert finished_result(aborted, "RolledBack") == "aborted"
-    assert finished_result(rollouts.RolloutState(), "Promoted") == "promoted"
-    assert finished_result(rollouts.RolloutState(), "StepAdvanced") is None
-
-
 def test_decisions_set_the_gauges_and_count_endings_once_each() -> None:
-    present = [("ml", "a"), ("ml", "b")]
+    present = [A, B]
     metrics = OperatorMetrics(queue_depth=lambda: 3, leading=lambda: True, resources=lambda: present,
                               process=False)
-    progressing = rollouts.RolloutState(phase="Progressing", stable=STABLE, canary=CANARY, step=1, steps=3,
-                                        started_at=NOW)
-    metrics.rollout_decided(("ml", "a"), rollouts.Decision(progressing, rollouts.Routing(STABLE, CANARY, 10)))
-    promoted = rollouts.RolloutState(phase="Healthy", stable=CANARY)
-    metrics.rollout_decided(("ml", "b"), rollouts.Decision(
-        promoted, rollouts.Routing(CANARY), (rollouts.Event("Normal", "Promoted", "v2 is stable"),)))
+    progressing = RolloutStatus(phase="Progressing", stable=STABLE, canary=CANARY, step=1, steps=3, started_at=NOW)
+    metrics.rollout_decided(A, Decision(progressing, Serving(STABLE, CANARY, 10)))
+    promoted = RolloutStatus(phase="Healthy", stable=CANARY)
+    metrics.rollout_decided(B, Decision(promoted, Serving(CANARY), (Event("Normal", "Promoted", "v2 is stable"),),
+                                        outcome="promoted"))
     metrics.reconciled("success", 0.02)
     found = exported(metrics)
     assert found[("modeldeploy_operator_workqueue_depth", ())] == 3
@@ -62,7 +55,7 @@ def test_decisions_set_the_gauges_and_count_endings_once_each() -> None:
     assert found[("modeldeploy_operator_rollouts_finished_total", (("result", "promoted"),))] == 1
     assert found[("modeldeploy_operator_reconciles_total", (("result", "success"),))] == 1
     # A ModelDeployment that no longer exists leaves the gauges.
-    present.remove(("ml", "a"))
+    present.remove(A)
     assert ("modeldeploy_operator_rollouts", (("phase", "Progressing"),)) in exported(metrics)
     assert exported(metrics)[("modeldeploy_operator_rollouts", (("phase", "Progressing"),))] == 0
 

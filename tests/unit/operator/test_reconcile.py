@@ -11,19 +11,22 @@ from typing import Any
 
 import pytest
 
-from modeldeploy_operator import builders, names
+from modeldeploy_operator import builders, kinds, names
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator.api import KubeError
-from modeldeploy_operator.builders import Owner, Routers
-from modeldeploy_operator.cache import ChildEntry, Snapshot, WatchCache
+from modeldeploy_operator.assembly import Operator, build
+from modeldeploy_operator.cache import ChildEntry, Key, Snapshot, WatchCache
+from modeldeploy_operator.children import Outcome
 from modeldeploy_operator.config import OperatorConfig, ServingConfig
-from modeldeploy_operator.controller import Controller
-from modeldeploy_operator.names import Kind
-from modeldeploy_operator.reconcile import Outcome, next_status, plan_children
+from modeldeploy_operator.kinds import MODEL_DEPLOYMENTS, Kind
+from modeldeploy_operator.manifests import Owner
+from modeldeploy_operator.reconcile import next_status, plan_children
+from modeldeploy_operator.routers import Routers
 
 NOW = "2026-01-02T12:00:00Z"
 CONFIG = ServingConfig()
 OWNER = Owner(name="sentiment", namespace="ml", uid="uid-1")
+KEY = Key("ModelDeployment", "ml", "sentiment")
 BASE_SPEC: dict[str, Any] = {"model": {"pvc": "models", "path": "v1/model.onnx"}, "replicas": {"min": 2, "max": 4}}
 ISTIO = Routers(istio="v1")
 NO_ROUTER = Routers()
@@ -58,8 +61,8 @@ def snapshot(spec: Mapping[str, Any], children: Mapping[tuple[str, str], ChildEn
              status: Mapping[str, Any] | None = None) -> Snapshot:
     parsed = specs.validate(OWNER.name, spec)
     return Snapshot(
-        key=(OWNER.namespace, OWNER.name), body=body(spec, deleting), status=status, generation=3, spec=parsed,
-        children=dict(children or {}), deployments={}, pods=(), claims={"models": "Bound"}, routers=routers,
+        key=KEY, body=body(spec, deleting), status=status, generation=3, spec=parsed,
+        children=dict(children or {}), views={}, claims={"models": "Bound"}, routers=routers,
     )
 
 
@@ -159,15 +162,22 @@ def test_status_reports_apply_errors_by_child() -> None:
     assert update is not None
     state = conditions(update.status)
     assert state["Ready"] == ("False", "ApplyFailed")
-    assert state["RoutingReady"] == ("False", "ApplyFailed")
     assert "Service/sentiment: " in update.status["conditions"][0]["message"]
+    # The main Service is not a routing object: its refusal is not reported as a routing failure.
+    assert state["RoutingReady"] == ("True", "WeightsApplied")
+    routing = Outcome(errors={"VirtualService/sentiment": "admission webhook denied the request"})
+    update = next_status(snapshot(BASE_SPEC), CONFIG, NOW, routing)
+    assert update is not None
+    assert conditions(update.status)["RoutingReady"] == ("False", "ApplyFailed")
 
 
 def test_status_uses_the_deployment_just_applied() -> None:
-    applied = {"metadata": {"name": "sentiment-stable", "generation": 1}, "spec": {"replicas": 2}, "status": {}}
-    from modeldeploy_operator.status import summarize_deployment
+    applied = {"metadata": {"name": "sentiment-stable", "generation": 1, "labels": {names.LABEL_TRACK: "stable"}},
+               "spec": {"replicas": 2}, "status": {}}
+    from modeldeploy_operator.views import summarize_deployment
 
-    update = next_status(snapshot(BASE_SPEC), CONFIG, NOW, Outcome(applied={"stable": summarize_deployment(applied)}))
+    outcome = Outcome(applied={"Deployment": {"sentiment-stable": summarize_deployment(applied)}})
+    update = next_status(snapshot(BASE_SPEC), CONFIG, NOW, outcome)
     assert update is not None
     assert conditions(update.status)["StableReady"] == ("False", "RolloutPending")
 
@@ -191,7 +201,7 @@ class FakeApi:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str]] = []
         self.resources: dict[tuple[str, str], str] = {(OWNER.namespace, OWNER.name): OWNER.uid}
-        self.served: dict[str, str | None] = {names.ISTIO_GROUP: "v1", names.GATEWAY_API_GROUP: None}
+        self.served: dict[str, str | None] = {kinds.ISTIO_GROUP: "v1", kinds.GATEWAY_API_GROUP: None}
         self._uids = itertools.count(1)
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -216,12 +226,12 @@ class FakeApi:
         self.deleted.append(f"{kind.kind}/{name}")
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any],
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any],
                      resource_version: str | None = None) -> dict[str, Any]:
         self.statuses.append(dict(status))
         return {}
 
-    def post_event(self, owner: Mapping[str, Any], event_type: str, reason: str, message: str,
+    def post_event(self, kind: Kind, owner: Mapping[str, Any], event_type: str, reason: str, message: str,
                    instance: str) -> None:
         self.events.append((event_type, reason))
 
@@ -230,9 +240,9 @@ class FakeApi:
         plural = collection.rsplit("/", 1)[-1]
         if plural == names.PLURAL:
             return {uid: (collection, ns, name) for (ns, name), uid in self.resources.items()}
-        kinds = {kind.plural: kind.kind for kind in names.CHILD_KINDS}
+        by_plural = {watched.kind.plural: watched.kind.kind for watched in kinds.watched_kinds()}
         return {o["metadata"]["uid"]: (collection, ns, name) for (kind, ns, name), o in self.objects.items()
-                if kinds.get(plural) == kind}
+                if by_plural.get(plural) == kind}
 
     def exists(self, collection: str, namespace: str, name: str) -> bool:
         return False
@@ -247,25 +257,25 @@ class FakeApi:
         return False
 
     def get_uid(self, kind: Kind, namespace: str, name: str) -> str | None:
-        assert kind == names.MODEL_DEPLOYMENT
+        assert kind == kinds.MODEL_DEPLOYMENT
         return self.resources.get((namespace, name))
 
 
-def controller(api: FakeApi, spec: Mapping[str, Any]) -> Controller:
-    ctl = Controller(api, OperatorConfig(), "test")
+def controller(api: FakeApi, spec: Mapping[str, Any]) -> Operator:
+    ctl = build(api, OperatorConfig(), "test")  # type: ignore[arg-type]  # no Lease calls without starting
     ctl.cache.set_discovered(ISTIO)
-    ctl.cache.observe_resource(body(spec))
+    ctl.cache.observe_resource(MODEL_DEPLOYMENTS, body(spec))
     return ctl
 
 
 def test_controller_converges_then_stays_quiet() -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    assert ctl.reconcile(("ml", "sentiment"))
+    assert ctl.controller.reconcile(KEY)
     assert api.applied == EVERYTHING
     assert len(api.statuses) == 1
     api.applied.clear()
-    assert ctl.reconcile(("ml", "sentiment"))
+    assert ctl.controller.reconcile(KEY)
     assert api.applied == []  # the apply responses are in the cache: nothing differs
     assert len(api.statuses) == 1
 
@@ -273,16 +283,17 @@ def test_controller_converges_then_stays_quiet() -> None:
 def test_controller_deletes_the_removed_canary() -> None:
     api = FakeApi()
     ctl = controller(api, WITH_CANARY)
-    ctl.reconcile(("ml", "sentiment"))
-    ctl.cache.observe_resource({**body(BASE_SPEC), "metadata": {**body(BASE_SPEC)["metadata"], "generation": 4}})
-    ctl.reconcile(("ml", "sentiment"))
+    ctl.controller.reconcile(KEY)
+    ctl.cache.observe_resource(MODEL_DEPLOYMENTS, {**body(BASE_SPEC),
+                                                   "metadata": {**body(BASE_SPEC)["metadata"], "generation": 4}})
+    ctl.controller.reconcile(KEY)
     assert api.deleted == ["Deployment/sentiment-canary", "HorizontalPodAutoscaler/sentiment-canary"]
 
 
 def test_controller_reports_a_refused_child_and_asks_for_a_retry() -> None:
     api = FakeApi(refuse={"Service/sentiment": KubeError(422, "Invalid", "spec.ports: Required value")})
     ctl = controller(api, BASE_SPEC)
-    assert not ctl.reconcile(("ml", "sentiment"))
+    assert not ctl.controller.reconcile(KEY)
     assert "Service/sentiment" not in api.applied
     assert conditions(api.statuses[-1])["Ready"] == ("False", "ApplyFailed")
     assert ("Warning", "ApplyFailed") in api.events
@@ -292,7 +303,7 @@ def test_controller_gives_up_the_round_when_the_api_is_unreachable() -> None:
     api = FakeApi(refuse={"Deployment/sentiment-stable": KubeError(0, "ConnectionError", "refused")})
     ctl = controller(api, BASE_SPEC)
     with pytest.raises(KubeError):
-        ctl.reconcile(("ml", "sentiment"))
+        ctl.controller.reconcile(KEY)
     assert api.statuses == []
 
 
@@ -301,10 +312,11 @@ def test_a_namespace_being_deleted_gets_no_apply_retry_status_or_event() -> None
                             "terminated", causes=("NamespaceTerminating",))
     api = FakeApi(refuse={"Deployment/sentiment-stable": terminating})
     ctl = controller(api, BASE_SPEC)
-    ctl.cache.observe_resource({**body(BASE_SPEC), "metadata": {**body(BASE_SPEC)["metadata"], "name": "other"}})
-    assert ctl.reconcile(("ml", "sentiment"))  # done: nothing to retry
+    ctl.cache.observe_resource(MODEL_DEPLOYMENTS, {**body(BASE_SPEC),
+                                                   "metadata": {**body(BASE_SPEC)["metadata"], "name": "other"}})
+    assert ctl.controller.reconcile(KEY)  # done: nothing to retry
     assert (api.statuses, api.events) == ([], [])
-    assert ctl.reconcile(("ml", "other"))
+    assert ctl.controller.reconcile(Key("ModelDeployment", "ml", "other"))
     assert api.applied == []  # the namespace is known to be going: not even tried
     assert (api.statuses, api.events) == ([], [])
 
@@ -319,30 +331,30 @@ def test_a_vanished_namespace_is_going_away_too() -> None:
 def test_an_audit_forgets_a_resource_deleted_during_a_watch_gap_and_keeps_what_came_later() -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    ctl.reconcile(("ml", "sentiment"))
+    ctl.controller.reconcile(KEY)
     del api.resources[("ml", "sentiment")]  # deleted while the watch was away: no DELETED event came
-    ctl.audit()
-    assert ctl.cache.snapshot(("ml", "sentiment")) is None
+    ctl.controller.audit()
+    assert ctl.cache.snapshot(KEY) is None
     assert ctl.cache.size()["modeldeployments"] == 0
 
 
 def test_an_audit_drops_children_deleted_during_a_watch_gap_and_requeues_their_owner() -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    ctl.reconcile(("ml", "sentiment"))
+    ctl.controller.reconcile(KEY)
     del api.objects[("Service", "ml", "sentiment")]
-    ctl.audit()
-    snapshot = ctl.cache.snapshot(("ml", "sentiment"))
+    ctl.controller.audit()
+    snapshot = ctl.cache.snapshot(KEY)
     assert snapshot is not None and ("Service", "sentiment") not in snapshot.children
-    assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
+    assert ctl.controller.queue.get(timeout=0) == KEY
 
 
 def test_what_was_observed_after_the_mark_survives_the_audit() -> None:
     cache = WatchCache()
     before = cache.mark()
-    cache.observe_resource(body(BASE_SPEC))  # arrived while the list was on its way: not in it, but real
-    assert cache.retain(names.KIND, set(), before) == []
-    assert cache.retain(names.KIND, set(), cache.mark() + 1) == [("ml", "sentiment")]
+    cache.observe_resource(MODEL_DEPLOYMENTS, body(BASE_SPEC))  # arrived while the list was on its way: real
+    assert cache.retain_resources(MODEL_DEPLOYMENTS, set(), before) == []
+    assert cache.retain_resources(MODEL_DEPLOYMENTS, set(), cache.mark() + 1) == [KEY]
 
 
 def test_children_vanishing_under_a_resource_the_api_server_no_longer_has_are_not_recreated() -> None:
@@ -350,69 +362,70 @@ def test_children_vanishing_under_a_resource_the_api_server_no_longer_has_are_no
     only have them deleted again, each deletion queueing the next reconcile."""
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    ctl.reconcile(("ml", "sentiment"))
+    ctl.controller.reconcile(KEY)
     del api.resources[("ml", "sentiment")]
     stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
-    ctl.cache.forget_child(stable, "Deployment")
+    ctl.cache.forget("Deployment", stable)
     api.applied.clear()
-    assert ctl.reconcile(("ml", "sentiment"))
+    assert ctl.controller.reconcile(KEY)
     assert api.applied == []
-    assert ctl.cache.snapshot(("ml", "sentiment")) is None
+    assert ctl.cache.snapshot(KEY) is None
 
 
 def test_a_child_deleted_by_hand_is_recreated_once_the_owner_is_confirmed() -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    ctl.reconcile(("ml", "sentiment"))
+    ctl.controller.reconcile(KEY)
     stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
-    ctl.cache.forget_child(stable, "Deployment")
+    ctl.cache.forget("Deployment", stable)
     api.applied.clear()
-    assert ctl.reconcile(("ml", "sentiment"))
+    assert ctl.controller.reconcile(KEY)
     assert api.applied == ["Deployment/sentiment-stable"]
-    snapshot = ctl.cache.snapshot(("ml", "sentiment"))
-    assert snapshot is not None and snapshot.vanished == 0
+    snapshot = ctl.cache.snapshot(KEY)
+    assert snapshot is not None and snapshot.vanished_children == 0
 
 
 def test_a_child_created_again_and_again_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
     for _ in range(5):
-        ctl.reconcile(("ml", "sentiment"))
+        ctl.controller.reconcile(KEY)
         stable = copy.deepcopy(api.objects.pop(("Deployment", "ml", "sentiment-stable")))
-        ctl.cache.forget_child(stable, "Deployment")
+        ctl.cache.forget("Deployment", stable)
     assert "Deployment ml/sentiment-stable was created 5 times" in caplog.text
 
 
 def test_an_audit_after_a_relist_asks_again_whether_istio_is_installed() -> None:
     api = FakeApi()
     ctl = controller(api, BASE_SPEC)
-    ctl.reconcile(("ml", "sentiment"))
-    api.served[names.ISTIO_GROUP] = None  # its CRDs went away while the CRD watch was away
-    api.served[names.GATEWAY_API_GROUP] = "v1"  # and the Gateway API's came
-    ctl.audit()
+    ctl.controller.reconcile(KEY)
+    api.served[kinds.ISTIO_GROUP] = None  # its CRDs went away while the CRD watch was away
+    api.served[kinds.GATEWAY_API_GROUP] = "v1"  # and the Gateway API's came
+    ctl.controller.audit()
     assert ctl.cache.routers().istio is not None  # a periodic audit trusts the CRD watch
-    ctl.audit(rediscover=True)
+    ctl.controller.audit(rediscover=True)
     assert ctl.cache.routers().istio is None
     assert ctl.cache.routers().gateway_api == "v1"
-    assert ctl.queue.get(timeout=0) == ("ml", "sentiment")
+    assert ctl.controller.queue.get(timeout=0) == KEY
 
 
 class RouterGoneApi(FakeApi):
     """Discovery said the Gateway API is installed; its HTTPRoute CRD has gone since (404 on listing)."""
 
     def list_uids(self, collection: str, label_selector: str | None = None) -> dict[str, tuple[str, str, str]]:
-        if collection.endswith("/" + names.HTTP_ROUTE.plural):
+        if collection.endswith("/" + kinds.HTTP_ROUTE.plural):
             raise KubeError(404, "NotFound", "404 page not found")
         return super().list_uids(collection, label_selector)
 
 
 def test_the_initial_sync_skips_a_kind_whose_crd_went_away() -> None:
-    ctl = Controller(RouterGoneApi(), OperatorConfig(), "test")
-    ctl.cache.observe_resource(body(BASE_SPEC))
+    ctl = build(RouterGoneApi(), OperatorConfig(), "test")  # type: ignore[arg-type]
+    ctl.cache.observe_resource(MODEL_DEPLOYMENTS, body(BASE_SPEC))
     ctl.cache.note_seen(body(BASE_SPEC))
-    done = threading.Thread(target=ctl.wait_for_sync, args=(Routers(gateway_api="v1"),), daemon=True)
+    ctl.cache.set_discovered(Routers(gateway_api="v1"))
+    done = threading.Thread(target=ctl.inventory.wait_for_sync, daemon=True)
     done.start()
     done.join(timeout=10)
     stopped_by_hand = done.is_alive()
-    ctl.stop()
+    ctl.controller.stop()
     assert not stopped_by_hand, "the initial sync kept retrying a listing the API server answers 404"

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from modeldeploy_operator import names
+from modeldeploy_operator import events, names, views
 from modeldeploy_operator import spec as specs
 from modeldeploy_operator import status as st
-from modeldeploy_operator.builders import Owner, Routers
 from modeldeploy_operator.config import ServingConfig
+from modeldeploy_operator.manifests import Owner
+from modeldeploy_operator.routers import Routers
 
 OWNER = Owner(name="sentiment", namespace="ml", uid="u1")
 CONFIG = ServingConfig()
@@ -26,8 +27,8 @@ def canary_spec(weight: int) -> specs.ModelDeploymentSpec:
     return spec_with(canary={"model": {"pvc": "models", "path": "b.onnx"}, "trafficPercent": weight})
 
 
-def healthy(name: str, replicas: int = 2) -> st.DeploymentView:
-    return st.DeploymentView(name=name, generation=1, observed_generation=1, replicas=replicas,
+def healthy(name: str, replicas: int = 2) -> views.DeploymentView:
+    return views.DeploymentView(name=name, generation=1, observed_generation=1, replicas=replicas,
                              ready_replicas=replicas, updated_replicas=replicas)
 
 
@@ -90,7 +91,7 @@ def terminated_pod(message: str) -> dict[str, Any]:
 
 
 def test_terminated_container_message_reaches_ready() -> None:
-    pod = st.summarize_pod(terminated_pod("model sha256 mismatch: expected ab.., got cd.."))
+    pod = views.summarize_pod(terminated_pod("model sha256 mismatch: expected ab.., got cd.."))
     assert pod.problem is not None and pod.problem.reason == "ServerTerminated"
     status = st.compute_status(observe(spec_with(), pods=[pod]), None, NOW, CONFIG)
     ready = conditions(status)["Ready"]
@@ -102,7 +103,7 @@ def test_terminated_container_message_reaches_ready() -> None:
 def test_ready_pods_carry_no_stale_failure() -> None:
     body = terminated_pod("old crash")
     body["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-    assert st.summarize_pod(body).problem is None
+    assert views.summarize_pod(body).problem is None
 
 
 def test_unschedulable_pod() -> None:
@@ -110,8 +111,9 @@ def test_unschedulable_pod() -> None:
             "status": {"phase": "Pending", "conditions": [
                 {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                  "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
-    pod = st.summarize_pod(body)
-    assert pod.problem == st.Problem("Unschedulable", "pod p: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    pod = views.summarize_pod(body)
+    assert pod.problem == views.Problem("Unschedulable",
+                                        "pod p: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
 
 
 def test_deployment_that_cannot_progress() -> None:
@@ -120,7 +122,7 @@ def test_deployment_that_cannot_progress() -> None:
             "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": 1, "updatedReplicas": 1,
                        "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                                        "message": 'ReplicaSet "sentiment-stable-1" has timed out progressing.'}]}}
-    view = st.summarize_deployment(body)
+    view = views.summarize_deployment(body)
     status = st.compute_status(observe(spec_with(), deployments={"stable": view}), None, NOW, CONFIG)
     ready = conditions(status)["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "ProgressDeadlineExceeded")
@@ -128,10 +130,10 @@ def test_deployment_that_cannot_progress() -> None:
 
 
 def test_rollout_in_progress_and_not_enough_ready() -> None:
-    rolling = st.DeploymentView("sentiment-stable", 2, 2, replicas=2, ready_replicas=2, updated_replicas=1)
+    rolling = views.DeploymentView("sentiment-stable", 2, 2, replicas=2, ready_replicas=2, updated_replicas=1)
     status = st.compute_status(observe(spec_with(), deployments={"stable": rolling}), None, NOW, CONFIG)
     assert conditions(status)["StableReady"]["reason"] == "RollingOut"
-    short = st.DeploymentView("sentiment-stable", 1, 1, replicas=2, ready_replicas=1, updated_replicas=2)
+    short = views.DeploymentView("sentiment-stable", 1, 1, replicas=2, ready_replicas=1, updated_replicas=2)
     status = st.compute_status(observe(spec_with(), deployments={"stable": short}), None, NOW, CONFIG)
     assert conditions(status)["StableReady"]["message"] == "1/2 replicas ready"
     assert conditions(status)["Ready"]["status"] == "False"
@@ -144,7 +146,7 @@ def test_missing_deployment() -> None:
 
 
 def test_broken_canary_blocks_ready_only_while_it_gets_traffic() -> None:
-    broken = st.DeploymentView("sentiment-canary", 1, 1, replicas=2, ready_replicas=0, updated_replicas=2)
+    broken = views.DeploymentView("sentiment-canary", 1, 1, replicas=2, ready_replicas=0, updated_replicas=2)
     for weight, expected in ((0, "True"), (10, "False")):
         spec = canary_spec(weight)
         obs = observe(spec, deployments={"stable": healthy("sentiment-stable"), "canary": broken})
@@ -186,14 +188,14 @@ def http_route(*parents: dict[str, Any], generation: int = 4) -> dict[str, Any]:
             "status": {"parents": list(parents)}}
 
 
-def gateway_routing(route: st.RouteView | None) -> dict[str, Any]:
+def gateway_routing(route: views.RouteView | None) -> dict[str, Any]:
     spec = spec_with(routing={"backend": "GatewayAPI", "gateways": ["edge/public", "internal"]})
     status = st.compute_status(observe(spec, routers=Routers(gateway_api="v1"), route=route), None, NOW, CONFIG)
     return conditions(status)
 
 
 def test_a_gateway_refusing_the_route_is_named_with_its_reason() -> None:
-    route = st.summarize_route(http_route(
+    route = views.summarize_route(http_route(
         parent_status("edge", "public", "Accepted", "False", "NotAllowedByListeners",
                       "No listeners included by this parent ref allowed this attachment."),
         parent_status("ml", "internal", "Accepted", "True", "Accepted")))
@@ -207,7 +209,7 @@ def test_a_gateway_refusing_the_route_is_named_with_its_reason() -> None:
 
 def test_a_gateway_that_has_not_judged_this_generation_is_waited_for() -> None:
     stale = parent_status("ml", "internal", "Accepted", "True", "Accepted", observed=3)
-    route = st.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted"), stale))
+    route = views.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted"), stale))
     routing = gateway_routing(route)["RoutingReady"]
     assert (routing["status"], routing["reason"]) == ("Unknown", "RoutePending")
     assert routing["message"].endswith("waiting for Gateway internal to accept it (HTTPRoute status.parents)")
@@ -216,8 +218,8 @@ def test_a_gateway_that_has_not_judged_this_generation_is_waited_for() -> None:
 
 def test_unresolved_backends_count_as_a_refusal() -> None:
     unresolved = parent_status("edge", "public", "ResolvedRefs", "False", "BackendNotFound", "service not found")
-    route = st.summarize_route(http_route(unresolved))
-    assert route.parents == (st.RouteParentView("Gateway edge/public", False, "BackendNotFound: service not found"),)
+    route = views.summarize_route(http_route(unresolved))
+    assert route.parents == (views.RouteParentView("Gateway edge/public", False, "BackendNotFound: service not found"),)
 
 
 def test_gateway_api_routing_says_what_the_http_route_was_told() -> None:
@@ -225,7 +227,7 @@ def test_gateway_api_routing_says_what_the_http_route_was_told() -> None:
                              "headers": [{"name": "x-model-variant", "exact": "v2"},
                                          {"name": "x-cohort", "regex": "beta-.*"}]},
                      routing={"backend": "GatewayAPI", "gateways": ["edge/public"]})
-    accepted = st.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted")))
+    accepted = views.summarize_route(http_route(parent_status("edge", "public", "Accepted", "True", "Accepted")))
     status = st.compute_status(observe(spec, routers=Routers(istio="v1", gateway_api="v1"), route=accepted),
                                None, NOW, CONFIG)
     routing = conditions(status)["RoutingReady"]
@@ -295,22 +297,22 @@ def test_apply_errors_make_ready_false() -> None:
 
 def test_events_for_transitions_only() -> None:
     first = st.compute_status(observe(spec_with(), claims={"models": None}), None, EARLIER, CONFIG)
-    notes = st.transitions(None, first)
-    assert st.EventNote("Warning", "ClaimNotFound", notes[0].message) == notes[0]
+    notes = events.transitions(None, first)
+    assert events.EventNote("Warning", "ClaimNotFound", notes[0].message) == notes[0]
     fixed = st.compute_status(observe(spec_with()), first, NOW, CONFIG)
-    reasons = {(n.type, n.reason) for n in st.transitions(first, fixed)}
+    reasons = {(n.type, n.reason) for n in events.transitions(first, fixed)}
     assert ("Normal", "Serving") in reasons
     assert ("Normal", "ClaimBound") in reasons
-    assert st.transitions(fixed, fixed) == []
+    assert events.transitions(fixed, fixed) == []
 
 
 def test_a_rollout_in_progress_is_a_normal_event_and_a_crash_a_warning() -> None:
     def status(reason: str) -> dict[str, object]:
         return {"conditions": [{"type": "StableReady", "status": "False", "reason": reason, "message": "m"}]}
 
-    assert [n.type for n in st.transitions(None, status("RollingOut"))] == ["Normal"]
-    assert [n.type for n in st.transitions(status("RollingOut"), status("ReplicasNotReady"))] == ["Normal"]
-    assert [n.type for n in st.transitions(status("RollingOut"), status("CrashLoopBackOff"))] == ["Warning"]
+    assert [n.type for n in events.transitions(None, status("RollingOut"))] == ["Normal"]
+    assert [n.type for n in events.transitions(status("RollingOut"), status("ReplicasNotReady"))] == ["Normal"]
+    assert [n.type for n in events.transitions(status("RollingOut"), status("CrashLoopBackOff"))] == ["Warning"]
 
 
 def test_invalid_spec_status_keeps_other_conditions() -> None:
@@ -323,20 +325,20 @@ def test_invalid_spec_status_keeps_other_conditions() -> None:
 
 
 def test_long_messages_are_clipped() -> None:
-    pod = st.summarize_pod(terminated_pod("x" * 10000))
-    assert pod.problem is not None and len(pod.problem.message) <= st.MAX_MESSAGE
+    pod = views.summarize_pod(terminated_pod("x" * 10000))
+    assert pod.problem is not None and len(pod.problem.message) <= views.MAX_MESSAGE
 
 
 @pytest.mark.parametrize(("view", "serving"), [
     (None, False),  # not created yet
-    (st.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1), True),
-    (st.DeploymentView("c", 2, 1, replicas=1, ready_replicas=1, updated_replicas=1), False),  # spec not seen yet
-    (st.DeploymentView("c", 2, 2, replicas=2, ready_replicas=2, updated_replicas=1), False),  # rolling out
-    (st.DeploymentView("c", 1, 1, replicas=2, ready_replicas=1, updated_replicas=2), False),  # a pod not ready
-    (st.DeploymentView("c", 1, 1, replicas=0, ready_replicas=0, updated_replicas=0), False),  # no replicas
-    (st.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1,
-                       problem=st.Problem("ReplicaFailure", "quota")), False),
+    (views.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1), True),
+    (views.DeploymentView("c", 2, 1, replicas=1, ready_replicas=1, updated_replicas=1), False),  # spec not seen yet
+    (views.DeploymentView("c", 2, 2, replicas=2, ready_replicas=2, updated_replicas=1), False),  # rolling out
+    (views.DeploymentView("c", 1, 1, replicas=2, ready_replicas=1, updated_replicas=2), False),  # a pod not ready
+    (views.DeploymentView("c", 1, 1, replicas=0, ready_replicas=0, updated_replicas=0), False),  # no replicas
+    (views.DeploymentView("c", 1, 1, replicas=1, ready_replicas=1, updated_replicas=1,
+                       problem=views.Problem("ReplicaFailure", "quota")), False),
 ])
-def test_a_track_serves_once_every_replica_runs_its_latest_spec(view: st.DeploymentView | None,
+def test_a_track_serves_once_every_replica_runs_its_latest_spec(view: views.DeploymentView | None,
                                                                  serving: bool) -> None:
     assert st.serves(view) is serving

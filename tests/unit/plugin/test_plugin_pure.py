@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from modeldeploy_operator import plugin
+from modeldeploy_operator.rollout_commands import Command
 from testsupport.merge_patch import apply_merge_patch
 
 NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
@@ -451,7 +452,7 @@ CANARY = {"canary": {"pvc": "models", "path": "v2.onnx"}}
     (rollout_resource("Paused", CANARY, paused_in_spec=True), "resume", "spec.rollout.paused is true"),
     (rollout_resource("Healthy"), "retry", "nothing was rolled back (phase Healthy)"),
 ])
-def test_rollout_commands_that_would_do_nothing_are_refused(resource: dict[str, Any], action: str,
+def test_rollout_commands_that_would_do_nothing_are_refused(resource: dict[str, Any], action: Command,
                                                             refusal: str | None) -> None:
     found = plugin.rollout_command_refusal(resource, action)
     if refusal is None:
