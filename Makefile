@@ -23,8 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
 
-binaries: ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's) into ~/.cache/modeldeploy
+binaries: venv ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's, its metrics stack, Envoy Gateway and the images) into ~/.cache/modeldeploy
 	bash hack/build-binaries.sh $$( [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null && echo --with-node )
+	@# Built here, not inside a test fixture: cold, they take longer than a test's time limit.
+	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then $(PY) hack/prepare_real_node.py; fi
 
 lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/ruff check .
