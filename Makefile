@@ -31,10 +31,11 @@ lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
-generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
+generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, the Grafana dashboard and the gRPC stubs
 	$(PY) -m modeldeploy_operator.crd --write
 	cp crds/modeldeployments.yaml charts/modeldeploy/crds/modeldeployments.yaml
 	$(PY) hack/make_dashboard.py
+	$(PY) hack/make_grpc_stubs.py
 
 test: venv binaries lint ## everything: lint, unit, server over HTTP, integration on the real control plane
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -10,7 +10,9 @@ Scheduling happens on the event loop and costs no waiting when there is nothing 
   run is in flight (more requests are then likely on their way).
 
 Results are split back by row ranges, so each caller gets exactly the rows it sent. If a coalesced run
-fails, its requests are re-run one by one so one bad request cannot fail its neighbours.
+fails, its requests are re-run one by one so one bad request cannot fail its neighbours. A request
+whose caller gives up while it waits (a cancelled task: a gRPC call cancelled or past its deadline)
+leaves the queue at once and never runs.
 """
 
 from __future__ import annotations
@@ -141,13 +143,30 @@ class Batcher:
         if len(self._pending) >= self._max_queue:
             raise QueueFullError(self._max_queue, self._retry_after)
         future: asyncio.Future[Feeds] = loop.create_future()
-        self._pending.append(_Job(feeds, rows, future, loop.time()))
+        job = _Job(feeds, rows, future, loop.time())
+        self._pending.append(job)
         self._pending_rows += rows
         self._idle.clear()
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        """A caller that gave up (a cancelled or expired call) leaves the queue at once, so it never
+        runs and no longer counts against the queue's size; a run already under way cannot be
+        stopped, and its answer for this caller is dropped."""
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return  # already taken by a worker
+        self._pending_rows -= job.rows
+        if not self._pending and not self._busy:
+            self._idle.set()
 
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, then end the worker threads."""

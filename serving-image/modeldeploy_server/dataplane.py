@@ -1,14 +1,14 @@
 """The transport-independent core: readiness, metadata and inference over decoded tensors.
 
-Fronts (the REST routes and the raw ASGI infer front) decode their wire format into the dataclasses
-below and encode the results; everything about the model - which tensors it takes, checking what came
-against that, batching - lives here, and nothing about any wire format does.
+Fronts (the REST routes, the raw ASGI infer front and the gRPC service) decode their wire format into
+the dataclasses below and encode the results; everything about the model - which tensors it takes,
+checking what came against that, batching - lives here, and nothing about any wire format does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,8 @@ class DataPlane:
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.draining = False
+        # Fronts with calls of their own to finish (gRPC) before the batcher stops taking work.
+        self.drains: list[Callable[[], Awaitable[None]]] = []
         self._monitors: dict[str, InputMonitor] = {}
         self._outputs: dict[str, OutputMonitor] = {}
         name = settings.model_name
@@ -208,6 +210,9 @@ class DataPlane:
         self.draining = True
 
     async def stop(self) -> None:
+        """After the fronts have finished their calls: finish the accepted work, end the workers."""
+        for drain in self.drains:
+            await drain()
         if self.batcher is not None:
             await self.batcher.stop()
 

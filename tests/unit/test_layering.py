@@ -8,9 +8,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = REPO / "operator" / "modeldeploy_operator"
 SERVER = REPO / "serving-image" / "modeldeploy_server"
-WEB = {"fastapi", "starlette", "uvicorn", "httptools", "h11"}
+WEB = {"fastapi", "starlette", "uvicorn", "httptools", "h11", "grpc", "grpc_health", "grpc_reflection", "google"}
 FRONTS = {"modeldeploy_server.rest_codec", "modeldeploy_server.infer_front", "modeldeploy_server.routes",
-          "modeldeploy_server.openapi", "modeldeploy_server.app"}
+          "modeldeploy_server.openapi", "modeldeploy_server.app", "modeldeploy_server.grpc_codec",
+          "modeldeploy_server.grpc_front", "modeldeploy_server.protos"}
 
 
 def imports(path: Path) -> set[str]:
@@ -47,6 +48,17 @@ def test_the_servers_core_knows_no_web_framework_and_no_front() -> None:
 
 
 def test_the_dataplane_is_free_of_the_rest_binary_extension() -> None:
-    """The binary tensor extension is the REST front's business (a gRPC front carries raw contents)."""
+    """The binary tensor extension is the REST front's business (the gRPC front carries raw contents)."""
     source = (SERVER / "dataplane.py").read_text().lower()
     assert "binary" not in source
+
+
+def test_the_fronts_know_only_their_own_wire() -> None:
+    """REST modules know no gRPC and the gRPC modules no web framework: two fronts over one core."""
+    grpc_roots = {"grpc", "grpc_health", "grpc_reflection"}
+    for module in ("rest_codec", "infer_front", "routes", "openapi", "app"):
+        found = imports(SERVER / f"{module}.py")
+        assert not roots(found) & grpc_roots, (module, roots(found) & grpc_roots)
+    for module in ("grpc_codec", "grpc_front"):
+        found = imports(SERVER / f"{module}.py")
+        assert not roots(found) & (WEB - grpc_roots - {"google"}), (module, roots(found) & WEB)
