@@ -126,6 +126,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_open(folder / "open.onnx")
     build_constrained(folder / "constrained.onnx")
     build_typed(folder / "typed.onnx")
+    # The README's tiny model, made as the README says.
+    subprocess.run([sys.executable, str(REPO / "examples" / "make_tiny_model.py"), str(folder / "sentiment.onnx")],
+                   check=True, capture_output=True)
     return folder
 
 
@@ -191,3 +194,4 @@ dynamic_server = _plain_module_server("dynamic")
 open_server = _plain_module_server("open")
 constrained_server = _plain_module_server("constrained")
 typed_server = _plain_module_server("typed")
+sentiment_server = _plain_module_server("sentiment")
