@@ -4,7 +4,9 @@ Contenders, for each model (the MLP and the 4-layer encoder of models.py):
   (a) modeldeploy_server over REST (a JSON body, as curl or a plain HTTP client sends it);
   (b) the same process over gRPC (``raw_input_contents``, as tritonclient sends it);
   (c) KServe's ModelServer gRPC front on the same ONNX file and threads (kserve_onnx.py, in a venv of
-      its own under /tmp with kserve installed from PyPI; --no-kserve leaves it out).
+      its own under /tmp with kserve installed from PyPI; --no-kserve leaves it out);
+  (d) the gRPC floor (MLP only): grpcio's asyncio server answering a fixed message (grpc_floor.py), what
+      any Python gRPC front pays per call before doing any work.
 Load: h2load (Debian ``nghttp2-client``; installed with apt-get when missing) for every contender, so the
 load generator is the same: HTTP/1.1 for REST, HTTP/2 with gRPC framing for gRPC; c connections with one
 request or call in flight each, at c = 1 and 32, in interleaved rounds (the best of each is kept).
@@ -25,11 +27,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +194,25 @@ def framed_check(target: str, name: str, body: Path) -> Any:
     return check
 
 
+@contextlib.contextmanager
+def listening(command: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that has no HTTP health endpoint, ready once its port takes connections."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not listen:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def servers(name: str, path: Path, threads: int, workdir: Path, kserve: Path | None,
             stack: contextlib.ExitStack) -> list[Contender]:
     encoder = name.startswith("encoder")
@@ -209,6 +232,12 @@ def servers(name: str, path: Path, threads: int, workdir: Path, kserve: Path | N
         Contender("modeldeploy gRPC", "grpc", f"http://127.0.0.1:{grpc_port}{METHOD}", grpc_body, ours.pid,
                   counter_check(metrics, "grpc")),
     ]
+    if not encoder:
+        floor_port = free_port()
+        floor = stack.enter_context(listening([sys.executable, str(HERE / "grpc_floor.py"), str(floor_port)],
+                                              floor_port, workdir / "grpc-floor.log"))
+        found.append(Contender("gRPC floor", "grpc", f"http://127.0.0.1:{floor_port}{METHOD}", grpc_body, floor.pid,
+                               framed_check(f"127.0.0.1:{floor_port}", name, grpc_body)))
     if kserve is not None:
         k_http, k_grpc = free_port(), free_port()
         peer = stack.enter_context(running(
@@ -244,8 +273,10 @@ def summarize(name: str, lineup: list[Contender]) -> tuple[dict[str, Any], list[
     for level in LEVELS:
         rest, ours = cpu["modeldeploy REST"][level], cpu["modeldeploy gRPC"][level]
         ratio = ours / rest if rest else float("inf")
+        floor = cpu.get("gRPC floor", {}).get(level)
+        beside = f"; the bare grpcio floor alone {floor:.3f} = {floor / rest:.2f} x" if floor else ""
         lines.append(f"  [{'met' if ratio <= 1.5 else 'MISSED'}] c={level}: gRPC {ours:.3f} ms CPU per call = "
-                     f"{ratio:.2f} x REST's {rest:.3f} per request (goal <= 1.5)")
+                     f"{ratio:.2f} x REST's {rest:.3f} per request (goal <= 1.5){beside}")
         if "KServe gRPC" in best:
             peer, mine = best["KServe gRPC"][level], best["modeldeploy gRPC"][level]
             lines.append(f"  [{'met' if mine.requests_per_s >= peer.requests_per_s else 'MISSED'}] c={level}: "
