@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -42,7 +41,7 @@ import grpc
 import httpx
 import models
 import numpy as np
-from bench_server import CACHE, process_cpu_seconds, running
+from bench_server import CACHE, find_tool, process_cpu_seconds, running
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2
 
@@ -74,21 +73,6 @@ class Contender:
     pid: int
     check: Any  # (requests answered per h2load) -> failures found on the server's side
     runs: dict[int, list[Run]] = field(default_factory=dict)
-
-
-def find_h2load() -> str:
-    found = shutil.which("h2load")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("h2load not found: installing the Debian package nghttp2-client", flush=True)
-        if subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], capture_output=True).returncode:
-            subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=True, capture_output=True)
-        found = shutil.which("h2load")
-        if found:
-            return found
-    sys.exit("h2load is needed: install it (Debian/Ubuntu: apt-get install nghttp2-client)")
 
 
 def ensure_kserve() -> Path:
@@ -297,7 +281,7 @@ def main() -> int:
     parser.add_argument("--no-kserve", action="store_true", help="leave KServe's ModelServer out")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "grpc.json")
     args = parser.parse_args()
-    tool = find_h2load()
+    tool = find_tool("h2load", "nghttp2-client")
     kserve = None if args.no_kserve else ensure_kserve()
     rounds = args.rounds or (1 if args.quick else 3)
     report: dict[str, Any] = {

@@ -19,18 +19,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
-FUZZ_SETTINGS = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+from testsupport.fuzzing import FUZZ_SETTINGS
+
 CLIENT_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 METHODS = ("ModelInfer", "ModelMetadata", "ModelReady", "ServerMetadata")
 ROW = np.linspace(-1, 1, 64, dtype=np.float32)
