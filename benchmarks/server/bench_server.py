@@ -424,6 +424,8 @@ def contenders(
         str(path),
         "--port",
         str(port),
+        "--grpc-port",
+        "0",  # REST only here; bench_grpc.py measures gRPC
         "--host",
         "127.0.0.1",
         "--intra-op-threads",
