@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDER_NAMES = {
@@ -113,6 +113,18 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown provider(s) {unknown}; choose from {sorted(PROVIDER_NAMES)}")
             return tuple(value)
+        return value
+
+    @field_validator("port", "grpc_port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value: Any, info: ValidationInfo) -> Any:
+        """Kubernetes puts ``<SERVICE>_PORT=tcp://ip:port`` into every pod of a namespace that has a Service
+        of that name (a Service named ``grpc`` sets GRPC_PORT): say so rather than "not an integer"."""
+        if isinstance(value, str) and value.startswith(("tcp://", "udp://")):
+            raise ValueError(
+                f"{value!r} is a Kubernetes service link (a Service named after this variable in the namespace), "
+                f"not a port; set {info.field_name.upper() if info.field_name else 'it'} in the container's env"
+            )
         return value
 
     @field_validator("model_root", "drift_profile_path", mode="before")
