@@ -33,10 +33,11 @@ lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 
-generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
+generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, the Grafana dashboard and the gRPC stubs
 	$(PY) -m modeldeploy_operator.crd --write
 	cp crds/modeldeployments.yaml charts/modeldeploy/crds/modeldeployments.yaml
 	$(PY) hack/make_dashboard.py
+	$(PY) hack/make_grpc_stubs.py
 
 test: venv binaries lint ## everything: lint, unit, server over HTTP, integration on the real control plane
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -53,9 +54,10 @@ cluster-up: venv binaries ## start a local control plane in the background (REAL
 cluster-down: ## stop it and remove its files
 	@$(PY) hack/localcluster.py down
 
-bench: venv binaries ## benchmarks, side by side in one run (~30 min on 2 cores); SERVER_BENCH_ARGS=--quick for a smoke run of the server part
+bench: venv binaries ## benchmarks, side by side in one run (~30 min on 2 cores); SERVER_BENCH_ARGS=--quick / GRPC_BENCH_ARGS=--quick for smoke runs of the server parts
 	$(PY) benchmarks/control_plane/bench_cluster.py
 	$(PY) benchmarks/server/bench_server.py $(SERVER_BENCH_ARGS)
+	$(PY) benchmarks/server/bench_grpc.py $(GRPC_BENCH_ARGS)
 	$(PY) benchmarks/operator/bench_operator.py
 	$(PY) benchmarks/operator/bench_rollouts.py
 	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then \

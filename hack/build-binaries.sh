@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok, helm) from the Go module proxy into a cache folder outside the repo.
+# kubectl, kwok, helm, grpcurl) from the Go module proxy into a cache folder outside the repo.
 # With --with-node, also what a real node runs: kubelet and kube-proxy (same Kubernetes pin),
 # CoreDNS (its own pin, cached in its own folder) and the pause binary compiled from the
 # Kubernetes source (build/pause/linux/pause.c, static).
@@ -166,6 +166,18 @@ build_coredns() {
   ln -sfn "$dir/coredns" "$bin_dir/coredns"
 }
 
+build_grpcurl() {
+  # What the README's gRPC examples are written for; the tests run them as written.
+  local dir="$cache_root/grpcurl-$GRPCURL_VERSION"
+  if [ ! -x "$dir/grpcurl" ]; then
+    log "building grpcurl $GRPCURL_VERSION"
+    mkdir -p "$dir"
+    GOBIN="$dir" go install -trimpath -ldflags "-s -w -X main.version=$GRPCURL_VERSION" \
+      "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  fi
+  ln -sfn "$dir/grpcurl" "$bin_dir/grpcurl"
+}
+
 build_pause() {
   # The sandbox image's only binary; no image can be pulled here, so it is compiled from the source.
   have pause && return 0
@@ -183,6 +195,7 @@ build_kubernetes
 install_tool kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 install_tool helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 kwok_stages
+build_grpcurl
 if $with_node; then
   build_coredns
   build_pause

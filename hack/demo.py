@@ -230,7 +230,7 @@ class Demo:
         model = self.models_dir / NAME / "v1" / "model.onnx"
         command = [
             sys.executable, "-m", "modeldeploy_server", "--model", str(model), "--name", NAME,
-            "--port", str(port),
+            "--port", str(port), "--grpc-port", str(localcluster.free_port()),
         ]  # fmt: skip
         env = dict(os.environ, MODEL_ROOT=str(self.models_dir), TERMINATION_MESSAGE_PATH=str(self.state_dir / "term"))
         print("$ python " + " ".join(command[1:]))

@@ -24,15 +24,15 @@ HPA_SERIES = '"kube_horizontalpodautoscaler_status_(current|desired)_replicas"'
 PANELS: list[tuple[str, str, str, str]] = [
     # title, unit, PromQL, legend
     (
-        "Requests per second by outcome",
+        "Requests per second by outcome and protocol",
         "reqps",
-        f"sum by ({BY}, outcome) (rate(modeldeploy_requests_total{{{SCOPE}}}[$__rate_interval]))",
-        "{{modeldeployment}} {{track}} {{outcome}}",
+        f"sum by ({BY}, outcome, protocol) (rate(modeldeploy_requests_total{{{SCOPE}}}[$__rate_interval]))",
+        "{{modeldeployment}} {{track}} {{outcome}} {{protocol}}",
     ),
     (
         "Error ratio",
         "percentunit",
-        f'sum by ({BY}) (rate(modeldeploy_requests_total{{{SCOPE}, outcome!="success"}}[$__rate_interval]))'
+        f'sum by ({BY}) (rate(modeldeploy_requests_total{{{SCOPE}, outcome!="ok"}}[$__rate_interval]))'
         f" / sum by ({BY}) (rate(modeldeploy_requests_total{{{SCOPE}}}[$__rate_interval]))",
         "{{modeldeployment}} {{track}}",
     ),

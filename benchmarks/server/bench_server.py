@@ -97,20 +97,25 @@ class InProcess:
 # --- tools -----------------------------------------------------------------------------------------
 
 
-def find_wrk() -> str:
-    found = shutil.which("wrk")
+def find_tool(binary: str, package: str) -> str:
+    """A load generator from its Debian package, installed with apt-get when missing (as root)."""
+    found = shutil.which(binary)
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("wrk not found: installing the Debian package", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
-        if not shutil.which("wrk"):
+        print(f"{binary} not found: installing the Debian package {package}", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", package], check=False, capture_output=True)
+        if not shutil.which(binary):
             subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
-        found = shutil.which("wrk")
+            subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True)
+        found = shutil.which(binary)
         if found:
             return found
-    sys.exit("wrk is needed: install it (Debian/Ubuntu: apt-get install wrk)")
+    sys.exit(f"{binary} is needed: install it (Debian/Ubuntu: apt-get install {package})")
+
+
+def find_wrk() -> str:
+    return find_tool("wrk", "wrk")
 
 
 @contextmanager
@@ -419,6 +424,8 @@ def contenders(
         str(path),
         "--port",
         str(port),
+        "--grpc-port",
+        "0",  # REST only here; bench_grpc.py measures gRPC
         "--host",
         "127.0.0.1",
         "--intra-op-threads",

@@ -1,18 +1,22 @@
-"""``python -m modeldeploy_server --model PATH``: run the server under uvicorn (uvloop + httptools).
+"""``python -m modeldeploy_server --model PATH``: run the server under uvicorn (uvloop + httptools), with
+the gRPC front on the same event loop.
 
-SIGTERM (what Kubernetes sends) starts a graceful stop: readiness turns false at once, requests keep
-being served for ``SHUTDOWN_DRAIN_SECONDS`` while endpoints stop routing here, then the listener closes,
-in-flight requests finish (up to ``SHUTDOWN_TIMEOUT_SECONDS``) and the process exits 0. A second signal
-stops at once. Exit codes: 0 clean stop, 1 model could not be loaded, 2 invalid configuration.
+SIGTERM (what Kubernetes sends) starts a graceful stop: readiness (and gRPC health) turns false at once,
+requests keep being served for ``SHUTDOWN_DRAIN_SECONDS`` while endpoints stop routing here, then both
+listeners close, in-flight requests and calls finish (up to ``SHUTDOWN_TIMEOUT_SECONDS``) and the
+process exits 0. A second signal stops at once. Exit codes: 0 clean stop, 1 model could not be loaded
+(or the gRPC port not listened on), 2 invalid configuration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -24,6 +28,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from modeldeploy_server.app import Lifecycle, create_app, write_termination_message
+from modeldeploy_server.grpc_front import GrpcBindError, GrpcFront
 from modeldeploy_server.settings import Settings, load_settings
 
 log = logging.getLogger("modeldeploy_server")
@@ -31,14 +36,40 @@ EXIT_BAD_CONFIG = 2
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn with a drain phase between SIGTERM and closing the listener."""
+    """uvicorn with a drain phase between SIGTERM and closing the listener, and the gRPC front beside it:
+    listening once HTTP does, and closing as HTTP does (the dataplane waits for its calls before it
+    stops the batcher)."""
 
-    def __init__(self, config: uvicorn.Config, on_terminate: Callable[[], None], drain_seconds: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_terminate: Callable[[], None],
+        drain_seconds: float,
+        grpc_front: GrpcFront | None = None,
+        on_failure: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         super().__init__(config)
         self._on_terminate = on_terminate
         self._drain_seconds = drain_seconds
         self._drain_until: float | None = None
         self._announced = False
+        self._grpc = grpc_front
+        self._on_failure = on_failure
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._grpc is None or self.should_exit:
+            return
+        try:
+            await self._grpc.start()
+        except GrpcBindError as exc:
+            self._on_failure(f"{exc}; set GRPC_PORT to a free port (0 disables gRPC)")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stopping = asyncio.ensure_future(self._grpc.stop()) if self._grpc is not None else None
+        await super().shutdown(sockets)
+        if stopping is not None and not self.force_exit:
+            await stopping
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -104,7 +135,14 @@ def serve(settings: Settings) -> int:
         proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
     )
-    server = GracefulServer(config, app.plane.begin_shutdown, settings.shutdown_drain_seconds)
+    grpc_front = GrpcFront(app.plane, settings) if settings.grpc_port else None
+    server = GracefulServer(
+        config,
+        app.plane.begin_shutdown,
+        settings.shutdown_drain_seconds,
+        grpc_front,
+        lambda reason: lifecycle.fail(reason, settings.termination_message_path),
+    )
     lifecycle.request_exit = server.request_exit
     try:
         server.run()

@@ -10,7 +10,9 @@ Scheduling happens on the event loop and costs no waiting when there is nothing 
   run is in flight (more requests are then likely on their way).
 
 Results are split back by row ranges, so each caller gets exactly the rows it sent. If a coalesced run
-fails, its requests are re-run one by one so one bad request cannot fail its neighbours.
+fails, its requests are re-run one by one so one bad request cannot fail its neighbours. A request
+whose caller gives up while it waits (a cancelled task: a gRPC call cancelled or past its deadline)
+leaves the queue at once and never runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
 from modeldeploy_server.errors import (
     InferenceFailedError,
@@ -38,7 +41,9 @@ log = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 Runner = Callable[[Feeds], Feeds]
-BatchObserver = Callable[[int, float, Feeds], None]
+# rows, seconds, the batch's inputs, and the outputs of the requests it answered (the whole batch's
+# outputs at once when the run succeeded; each request's own when its batch was re-run one by one)
+BatchObserver = Callable[[int, float, Feeds, list[Feeds]], None]
 WaitObserver = Callable[[float], None]  # seconds one request waited in the queue for a worker
 
 
@@ -53,20 +58,30 @@ class _Job:
         self.key = tuple((name, array.dtype.str, array.shape[1:]) for name, array in feeds.items())
 
 
+# onnxruntime turns each failed run's status code into its own exception class: INVALID_ARGUMENT into
+# ``InvalidArgument`` (wrong input type or rank, a dimension the graph fixes, an index out of range),
+# FAIL into ``Fail``, RUNTIME_EXCEPTION into ``RuntimeException`` and so on.
 _SHAPE_WORDS = ("shape", "dimension", "broadcast")
 
 
 def classify_failure(exc: BaseException, feeds: Feeds) -> ServerError:
-    """Whose fault a failed run is. onnxruntime rejecting input values (an index out of range), or a
-    node refusing input shapes the model's metadata left open (the warm-up ran, these shapes do not),
-    is the client's: a 400 that names the tensors and their shapes. Anything else is the server's."""
+    """Whose fault a failed run is: a 400 naming the tensors for the client's, a 500 for the server's.
+
+    ``InvalidArgument`` is onnxruntime saying the input is wrong (a value out of range, a type or a
+    dimension the graph fixes): the client's, by class alone. A node refusing input shapes the model's
+    metadata left open (the warm-up ran, these shapes do not) is the client's too, but onnxruntime
+    reports it as ``Fail``, the catch-all code of every failed internal check - the same class as an
+    allocation failure or a kernel bug. Its message is the only signal that tells them apart:
+    onnxruntime prefixes a node's failure with "while running <op> node" and the broadcast and shape
+    checks of its kernels name a shape, dimension or broadcast. Every other class (``RuntimeException``,
+    ``EPFail``, ...) and every other ``Fail`` is the server's.
+    """
     if isinstance(exc, ServerError):
         return exc
-    kind = type(exc).__name__
     message = str(exc)
-    if kind == "InvalidArgument":
+    if isinstance(exc, InvalidArgument):
         return InvalidInputError(f"the model rejected the input: {message}")
-    if kind == "Fail" and "while running" in message and any(word in message.lower() for word in _SHAPE_WORDS):
+    if isinstance(exc, Fail) and "while running" in message and any(word in message.lower() for word in _SHAPE_WORDS):
         shapes = ", ".join(f"{name!r} {list(array.shape)}" for name, array in feeds.items())
         return InvalidInputError(f"the model cannot take input tensors {shapes}: {message}")
     return InferenceFailedError(f"inference failed: {message}")
@@ -128,13 +143,30 @@ class Batcher:
         if len(self._pending) >= self._max_queue:
             raise QueueFullError(self._max_queue, self._retry_after)
         future: asyncio.Future[Feeds] = loop.create_future()
-        self._pending.append(_Job(feeds, rows, future, loop.time()))
+        job = _Job(feeds, rows, future, loop.time())
+        self._pending.append(job)
         self._pending_rows += rows
         self._idle.clear()
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._dispatch)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        """A caller that gave up (a cancelled or expired call) leaves the queue at once, so it never
+        runs and no longer counts against the queue's size; a run already under way cannot be
+        stopped, and its answer for this caller is dropped."""
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return  # already taken by a worker
+        self._pending_rows -= job.rows
+        if not self._pending and not self._busy:
+            self._idle.set()
 
     async def stop(self) -> None:
         """Refuse new work, finish what was accepted, then end the worker threads."""
@@ -220,7 +252,7 @@ class Batcher:
         if jobs is None:
             return False
         try:
-            feeds, rows, results, seconds = self._execute(jobs)
+            feeds, rows, results, outputs, seconds = self._execute(jobs)
         except BaseException as exc:  # never lose a batch: every caller gets an answer
             log.exception("inference worker failed")
             self._reply(jobs, [InferenceFailedError(f"inference failed: {exc}")] * len(jobs))
@@ -228,7 +260,7 @@ class Batcher:
         self._reply(jobs, results)
         if self._observer is not None:
             try:
-                self._observer(rows, seconds, feeds)
+                self._observer(rows, seconds, feeds, outputs)
             except Exception:
                 log.exception("batch observer failed")
         return True
@@ -238,7 +270,8 @@ class Batcher:
         with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(self._finish, jobs, results)
 
-    def _execute(self, jobs: list[_Job]) -> tuple[Feeds, int, list[Feeds | ServerError], float]:
+    def _execute(self, jobs: list[_Job]) -> tuple[Feeds, int, list[Feeds | ServerError], list[Feeds], float]:
+        """Inputs, rows, one result per job, the outputs worth observing, and the run's seconds."""
         if len(jobs) == 1:
             feeds = jobs[0].feeds
         else:
@@ -250,12 +283,15 @@ class Batcher:
         except Exception as exc:
             seconds = time.perf_counter() - started
             if len(jobs) == 1:
-                return feeds, rows, [classify_failure(exc, feeds)], seconds
-            return feeds, rows, [self._run_alone(job) for job in jobs], seconds
+                return feeds, rows, [classify_failure(exc, feeds)], [], seconds
+            alone = [self._run_alone(job) for job in jobs]
+            return feeds, rows, alone, [result for result in alone if not isinstance(result, ServerError)], seconds
         seconds = time.perf_counter() - started
         if len(jobs) == 1:
-            return feeds, rows, [outputs], seconds
-        return feeds, rows, _split(outputs, jobs, rows), seconds
+            return feeds, rows, [outputs], [outputs], seconds
+        split = _split(outputs, jobs, rows)
+        answered = [] if isinstance(split[0], ServerError) else [outputs]
+        return feeds, rows, split, answered, seconds
 
     def _run_alone(self, job: _Job) -> Feeds | ServerError:
         try:

@@ -127,8 +127,11 @@ def tensor_from_list(tensor: str, datatype: str, shape: tuple[int, ...], data: A
     return array.reshape(shape)
 
 
-def tensor_from_bytes(tensor: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
-    """A tensor from its raw bytes; numeric tensors are zero-copy views of ``raw`` when aligned."""
+def tensor_from_bytes(
+    tensor: str, datatype: str, shape: tuple[int, ...], raw: memoryview, source: str = "binary_data_size"
+) -> np.ndarray:
+    """A tensor from its raw bytes; numeric tensors are zero-copy views of ``raw`` when aligned.
+    ``source`` names where the bytes came from in the front's own words, for the error messages."""
     count = math.prod(shape)
     if datatype == "BYTES":
         items: list[str] = []
@@ -138,7 +141,7 @@ def tensor_from_bytes(tensor: str, datatype: str, shape: tuple[int, ...], raw: m
                 (length,) = _LENGTH.unpack_from(raw, offset)
                 offset += 4
                 if offset + length > len(raw):
-                    raise InvalidTensorError(tensor, "BYTES element runs past binary_data_size")
+                    raise InvalidTensorError(tensor, f"BYTES element runs past {source}")
                 items.append(bytes(raw[offset : offset + length]).decode("utf-8"))
                 offset += length
         except (struct.error, UnicodeDecodeError) as exc:
@@ -150,7 +153,7 @@ def tensor_from_bytes(tensor: str, datatype: str, shape: tuple[int, ...], raw: m
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidTensorError(
-            tensor, f"binary_data_size is {len(raw)} bytes, but shape {list(shape)} of {datatype} needs {expected}"
+            tensor, f"{source} is {len(raw)} bytes, but shape {list(shape)} of {datatype} needs {expected}"
         )
     array = np.frombuffer(raw, dtype=dtype, count=count)
     if dtype.itemsize > 1 and array.ctypes.data % dtype.itemsize:
@@ -158,19 +161,20 @@ def tensor_from_bytes(tensor: str, datatype: str, shape: tuple[int, ...], raw: m
     return array.reshape(shape)
 
 
-def _bytes_elements(array: np.ndarray) -> list[bytes]:
+def bytes_elements(array: np.ndarray) -> list[bytes]:
+    """A BYTES tensor's elements as bytes (strings encoded as UTF-8)."""
     return [item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.ravel()]
 
 
 def tensor_to_bytes(datatype: str, array: np.ndarray) -> bytes:
     """Raw little-endian row-major bytes (BYTES: 4-byte length + bytes per element)."""
     if datatype == "BYTES":
-        return b"".join(_LENGTH.pack(len(item)) + item for item in _bytes_elements(array))
+        return b"".join(_LENGTH.pack(len(item)) + item for item in bytes_elements(array))
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def tensor_to_list(datatype: str, array: np.ndarray) -> list[str] | np.ndarray:
     """Flat values ready for a JSON serializer (numeric tensors stay numpy for orjson)."""
     if datatype == "BYTES":
-        return [item.decode("utf-8", "replace") for item in _bytes_elements(array)]
+        return [item.decode("utf-8", "replace") for item in bytes_elements(array)]
     return np.ascontiguousarray(array).ravel()

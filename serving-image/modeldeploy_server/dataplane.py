@@ -1,14 +1,14 @@
 """The transport-independent core: readiness, metadata and inference over decoded tensors.
 
-Fronts (the REST routes and the raw ASGI infer front) decode their wire format into the dataclasses
-below and encode the results; everything about the model - which tensors it takes, checking what came
-against that, batching - lives here, and nothing about any wire format does.
+Fronts (the REST routes, the raw ASGI infer front and the gRPC service) decode their wire format into
+the dataclasses below and encode the results; everything about the model - which tensors it takes,
+checking what came against that, batching - lives here, and nothing about any wire format does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,14 @@ import numpy as np
 
 from modeldeploy_server import __version__
 from modeldeploy_server.batching import Batcher, Feeds
-from modeldeploy_server.drift import InputMonitor, OutputMonitor, ProfileError, ReferenceBins, load_profile
+from modeldeploy_server.drift import (
+    InputMonitor,
+    OutputMonitor,
+    ProfileError,
+    ReferenceBins,
+    parse_profile,
+    read_profile,
+)
 from modeldeploy_server.errors import InvalidInputError, InvalidTensorError, ModelNotFoundError, ModelNotReadyError
 from modeldeploy_server.metrics import ServerMetrics
 from modeldeploy_server.model import LoadedModel, TensorSpec
@@ -110,6 +117,8 @@ class DataPlane:
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.draining = False
+        # Fronts with calls of their own to finish (gRPC) before the batcher stops taking work.
+        self.drains: list[Callable[[], Awaitable[None]]] = []
         self._monitors: dict[str, InputMonitor] = {}
         self._outputs: dict[str, OutputMonitor] = {}
         name = settings.model_name
@@ -128,14 +137,13 @@ class DataPlane:
     def attach(self, model: LoadedModel) -> None:
         """Make a loaded model servable: batcher, metrics, drift monitors. Call on the event loop."""
         settings = self.settings
-        references = self._references()
+        references, output_edges = self._profile()
         self._monitors = {
             spec.name: InputMonitor(references.get(spec.name), settings.drift_window)
             for spec in model.inputs
             if spec.datatype != "BYTES"
         }
         self.metrics.add_drift(model.name, self._monitors)
-        output_edges = self._output_edges()
         self._outputs = {
             spec.name: OutputMonitor(spec.dtype.kind, output_edges.get(spec.name))
             for spec in model.outputs
@@ -168,44 +176,61 @@ class DataPlane:
         )
         self.model = model
 
-    def _references(self) -> dict[str, ReferenceBins]:
+    def _profile(self) -> tuple[dict[str, ReferenceBins], dict[str, np.ndarray]]:
+        """The drift references of the inputs and the bins of the outputs, from one read of the profile.
+
+        Each section fails on its own: unreadable inputs turn drift scores off, unreadable (or absent)
+        outputs fall back to the default bins.
+        """
         path = self.settings.profile_path
         if not path.exists():
             if self.settings.drift_profile_path is not None:
                 log.warning("drift profile %s does not exist; drift scores are off", path)
-            return {}
+            return {}, {}
         try:
-            references = load_profile(path)
+            document = read_profile(path)
+        except ProfileError as exc:
+            log.warning("drift scores are off and output statistics use the default bins: %s", exc)
+            return {}, {}
+        references: dict[str, ReferenceBins] = {}
+        try:
+            references = parse_profile(document)
+            log.info("drift reference profile %s covers inputs: %s", path, ", ".join(references) or "none")
         except ProfileError as exc:
             log.warning("drift scores are off: %s", exc)
-            return {}
-        log.info("drift reference profile %s covers inputs: %s", path, ", ".join(references) or "none")
-        return references
-
-    def _output_edges(self) -> dict[str, np.ndarray]:
-        """Output bins from the profile's optional "outputs" section (absent or unreadable: the default)."""
-        path = self.settings.profile_path
-        if not path.exists():
-            return {}
         try:
-            return {name: bins.edges for name, bins in load_profile(path, "outputs").items()}
+            edges = {name: bins.edges for name, bins in parse_profile(document, "outputs").items()}
         except ProfileError as exc:
             log.warning("output statistics use the default bins: %s", exc)
-            return {}
+            edges = {}
+        return references, edges
 
     def begin_shutdown(self) -> None:
         """Readiness false from now on; safe to call from a signal handler (one assignment)."""
         self.draining = True
 
     async def stop(self) -> None:
+        """After the fronts have finished their calls: finish the accepted work, end the workers."""
+        for drain in self.drains:
+            await drain()
         if self.batcher is not None:
             await self.batcher.stop()
 
-    def _observe_batch(self, rows: int, seconds: float, feeds: Feeds) -> None:
+    def _observe_batch(self, rows: int, seconds: float, feeds: Feeds, outputs: Sequence[Feeds]) -> None:
+        """Everything a run tells the metrics, noted once per batch on the worker thread that ran it,
+        after its callers have their answers: its size and time, the inputs it was given, and the
+        outputs of the requests it answered. One place for both sides, so the input and output
+        statistics always cover the same runs, and the event loop (which every front shares) pays
+        nothing for either."""
         self._batch_size.observe(rows)
         self._run_seconds.observe(seconds)
         for name, monitor in self._monitors.items():
             monitor.observe(feeds[name])
+        for output_name, output_monitor in self._outputs.items():
+            for answered in outputs:
+                values = answered.get(output_name)
+                if values is not None:
+                    output_monitor.observe(values)
 
     # --- protocol operations -----------------------------------------------------------------------
 
@@ -256,10 +281,6 @@ class DataPlane:
             allow_non_finite=self.settings.allow_non_finite,
         )
         results = await batcher.infer(feeds, rows)
-        for output_name, monitor in self._outputs.items():
-            values = results.get(output_name)
-            if values is not None:
-                monitor.observe(values)
         outputs = [OutputTensor(name=spec.name, datatype=spec.datatype, data=results[spec.name]) for spec in selected]
         return InferenceResponse(model_name=model.name, model_version=MODEL_VERSION, outputs=outputs, id=request.id)
 

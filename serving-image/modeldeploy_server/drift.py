@@ -82,12 +82,12 @@ def parse_profile(document: Any, section: str = "inputs") -> dict[str, Reference
     return parsed
 
 
-def load_profile(path: Path, section: str = "inputs") -> dict[str, ReferenceBins]:
+def read_profile(path: Path) -> Any:
+    """The decoded profile document, read once for both of its sections (see ``parse_profile``)."""
     try:
-        document = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ProfileError(f"cannot read profile {str(path)!r}: {exc}") from exc
-    return parse_profile(document, section)
 
 
 def profile_from_samples(samples: Mapping[str, np.ndarray], bins: int = 10) -> dict[str, Any]:

@@ -1,9 +1,13 @@
-"""One exception hierarchy and one way to render it.
+"""One exception hierarchy: the one table of what each failure is called on each front.
 
-Each class carries the HTTP status (and metrics outcome) it maps to and builds its message from its
-arguments, so the same failure reads the same on every front. Anything the client did wrong is a 4xx;
-only ``InferenceFailedError`` and ``InternalError`` are 500, so a 5xx always means the server (or the
-model) is at fault. ``render`` turns any of them into the ``{"error": message}`` response.
+Each class carries the HTTP status, the gRPC status code (by its name in ``grpc.StatusCode``, so this
+module needs no gRPC) and the metrics outcome it maps to, and builds its message from its arguments, so
+the same failure reads the same on every front. Anything the client did wrong is a 4xx (gRPC:
+INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED); only ``InferenceFailedError`` and ``InternalError``
+are 500 (INTERNAL), so a 5xx always means the server (or the model) is at fault. A full queue is 503
+over HTTP (retry, with Retry-After) and RESOURCE_EXHAUSTED over gRPC (the protocol's code for a server
+out of capacity; clients' retry policies name it). Each front renders its own answer: ``render`` the
+``{"error": message}`` response, the gRPC front a status and message.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class ServerError(Exception):
     """Base of every error the server reports to a client as ``{"error": message}``."""
 
     status_code = 500
+    grpc_code = "INTERNAL"
     outcome = "error"
 
     def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
@@ -32,6 +37,7 @@ class InvalidInputError(ServerError):
     """The request is malformed or does not fit the model."""
 
     status_code = 400
+    grpc_code = "INVALID_ARGUMENT"
     outcome = "invalid_input"
 
 
@@ -46,6 +52,7 @@ class InvalidTensorError(InvalidInputError):
 
 class ModelNotFoundError(ServerError):
     status_code = 404
+    grpc_code = "NOT_FOUND"
     outcome = "not_found"
 
     def __init__(self, name: str, version: str | None, served: str) -> None:
@@ -55,6 +62,7 @@ class ModelNotFoundError(ServerError):
 
 class RouteNotFoundError(ServerError):
     status_code = 404
+    grpc_code = "UNIMPLEMENTED"
     outcome = "not_found"
 
     def __init__(self, method: str, path: str) -> None:
@@ -63,6 +71,7 @@ class RouteNotFoundError(ServerError):
 
 class MethodNotAllowedError(ServerError):
     status_code = 405
+    grpc_code = "UNIMPLEMENTED"
     outcome = "invalid_input"
 
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
@@ -77,11 +86,13 @@ class HttpStatusError(ServerError):
     def __init__(self, status_code: int, detail: str) -> None:
         super().__init__(detail)
         self.status_code = status_code
+        self.grpc_code = "INVALID_ARGUMENT" if status_code < 500 else "INTERNAL"
         self.outcome = "invalid_input" if status_code < 500 else "error"
 
 
 class PayloadTooLargeError(ServerError):
     status_code = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "too_large"
 
     def __init__(self, size: int, limit: int) -> None:
@@ -92,6 +103,7 @@ class UnavailableError(ServerError):
     """The server cannot take the request now; the client should retry later."""
 
     status_code = 503
+    grpc_code = "UNAVAILABLE"
     outcome = "unavailable"
 
     def __init__(self, message: str, retry_after_seconds: int) -> None:
@@ -104,6 +116,7 @@ class ShuttingDownError(UnavailableError):
 
 
 class QueueFullError(UnavailableError):
+    grpc_code = "RESOURCE_EXHAUSTED"
     outcome = "queue_full"
 
     def __init__(self, max_queue_size: int, retry_after_seconds: int) -> None:
@@ -134,11 +147,16 @@ class ModelLoadError(Exception):
     """The model cannot be served; the message goes to the termination-message file."""
 
 
-def render(error: ServerError) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of the error response; server faults (5xx but 503) are logged here
-    (an ``InternalError`` was logged with its traceback where it was caught)."""
+def note_fault(error: ServerError) -> None:
+    """Log a server fault (5xx but 503) as a front renders it; an ``InternalError`` was logged with its
+    traceback where it was caught."""
     if error.status_code >= 500 and error.status_code != 503 and not isinstance(error, InternalError):
         log.error("%s", error.message)
+
+
+def render(error: ServerError) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the REST error response."""
+    note_fault(error)
     return error.status_code, {"content-type": JSON_TYPE, **error.headers}, orjson.dumps({"error": error.message})
 
 

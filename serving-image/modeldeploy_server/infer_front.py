@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -66,16 +65,9 @@ class InferEndpoint:
     def __init__(self, plane: DataPlane, max_request_bytes: int) -> None:
         self.plane = plane
         self.limit = max_request_bytes
-        self._counters: dict[str, Callable[[], None]] = {}
-        self._latency = plane.metrics.latency.labels(plane.name)
-        self._in_flight = plane.metrics.in_flight.labels(plane.name)
-
-    def _count(self, outcome: str) -> None:
-        increment = self._counters.get(outcome)
-        if increment is None:
-            increment = self.plane.metrics.requests.labels(self.plane.name, outcome).inc
-            self._counters[outcome] = increment
-        increment()
+        self._metrics = plane.metrics.front(plane.name, "rest")
+        self._latency = self._metrics.latency
+        self._in_flight = self._metrics.in_flight
 
     async def respond(
         self,
@@ -109,7 +101,7 @@ class InferEndpoint:
             return render(exc)
         finally:
             self._in_flight.dec()
-            self._count(outcome)
+            self._metrics.count(outcome)
             self._latency.observe(time.perf_counter() - started)
 
 

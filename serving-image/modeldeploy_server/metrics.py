@@ -1,7 +1,9 @@
 """Prometheus metrics of one server process, kept in its own registry.
 
-Request metrics are recorded per inference request, batch metrics per onnxruntime run; queue depth and
-the input statistics / drift scores are read when /metrics is scraped, so they cost nothing until then.
+Request metrics are recorded per inference request, by the front that took it (``protocol``: rest or
+grpc; a reader that sums over the other labels, as the operator's analysis and autoscaling queries do,
+counts both); batch metrics per onnxruntime run; queue depth and the input statistics / drift scores
+are read when /metrics is scraped, so they cost nothing until then.
 """
 
 from __future__ import annotations
@@ -109,14 +111,14 @@ class ServerMetrics:
         registry = self.registry
         self.requests = Counter(
             "modeldeploy_requests",
-            "Inference requests by model and outcome.",
-            ["model", "outcome"],
+            "Inference requests by model, outcome and protocol (rest or grpc).",
+            ["model", "outcome", "protocol"],
             registry=registry,
         )
         self.latency = Histogram(
             "modeldeploy_request_duration_seconds",
             "Inference request latency, body read to response.",
-            ["model"],
+            ["model", "protocol"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
@@ -150,7 +152,7 @@ class ServerMetrics:
         self.in_flight = Gauge(
             "modeldeploy_requests_in_flight",
             "Inference requests being handled (body read, queued or running).",
-            ["model"],
+            ["model", "protocol"],
             registry=registry,
         )
         self.load_seconds = Gauge(
@@ -161,6 +163,9 @@ class ServerMetrics:
         )
         self.model_info = Info("modeldeploy_model", "The served model.", registry=registry)
         self.ready = Gauge("modeldeploy_ready", "1 when the server accepts inference requests.", registry=registry)
+
+    def front(self, model: str, protocol: str) -> FrontMetrics:
+        return FrontMetrics(self, model, protocol)
 
     def bind_queue_depth(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(lambda: float(depth()))
@@ -173,3 +178,22 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class FrontMetrics:
+    """The request metrics one front records for one model, with their label values bound once."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, protocol: str) -> None:
+        self._requests = metrics.requests
+        self._model = model
+        self._protocol = protocol
+        self._counters: dict[str, Callable[[], None]] = {}
+        self.latency = metrics.latency.labels(model, protocol)
+        self.in_flight = metrics.in_flight.labels(model, protocol)
+
+    def count(self, outcome: str) -> None:
+        increment = self._counters.get(outcome)
+        if increment is None:
+            increment = self._requests.labels(self._model, outcome, self._protocol).inc
+            self._counters[outcome] = increment
+        increment()

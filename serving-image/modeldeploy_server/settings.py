@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROVIDER_NAMES = {
@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     """Listen address."""
     port: int = Field(8080, ge=1, le=65535)
-    """One port for inference, health, metrics and docs."""
+    """HTTP port: REST inference, health, metrics and docs."""
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """gRPC port: the Open Inference Protocol's `inference.GRPCInferenceService`, gRPC health checking and
+    server reflection; 0 disables it."""
     max_batch_size: int = Field(32, ge=1, le=65536)
     """Most rows coalesced into one run (models without an open batch dimension run one request at a time)."""
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000)
@@ -66,9 +69,9 @@ class Settings(BaseSettings):
     termination_message_path: Path = Path("/dev/termination-log")
     """Where a load failure's reason is written (Kubernetes shows it in the pod's status)."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    """Larger request bodies get 413."""
+    """Larger request bodies get 413, larger gRPC messages RESOURCE_EXHAUSTED."""
     max_queue_size: int = Field(1024, ge=1)
-    """Requests waiting for a worker; beyond it 503 with Retry-After."""
+    """Requests waiting for a worker; beyond it 503 with Retry-After (gRPC: RESOURCE_EXHAUSTED)."""
     retry_after_seconds: int = Field(1, ge=1, le=3600)
     """Retry-After sent with a 503."""
     allow_non_finite: bool = False
@@ -81,7 +84,7 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(3.0, ge=0, le=600)
     """After SIGTERM: not ready, still serving, while endpoints stop routing here."""
     shutdown_timeout_seconds: float = Field(20.0, ge=0, le=3600)
-    """Then: longest wait for in-flight requests before exiting."""
+    """Then: longest wait for in-flight requests (HTTP and gRPC) before exiting."""
     log_level: str = Field("info", pattern=r"^(?i)(critical|error|warning|info|debug)$")
     """critical, error, warning, info or debug."""
     access_log: bool = False
@@ -110,6 +113,18 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown provider(s) {unknown}; choose from {sorted(PROVIDER_NAMES)}")
             return tuple(value)
+        return value
+
+    @field_validator("port", "grpc_port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value: Any, info: ValidationInfo) -> Any:
+        """Kubernetes puts ``<SERVICE>_PORT=tcp://ip:port`` into every pod of a namespace that has a Service
+        of that name (a Service named ``grpc`` sets GRPC_PORT): say so rather than "not an integer"."""
+        if isinstance(value, str) and value.startswith(("tcp://", "udp://")):
+            raise ValueError(
+                f"{value!r} is a Kubernetes service link (a Service named after this variable in the namespace), "
+                f"not a port; set {info.field_name.upper() if info.field_name else 'it'} in the container's env"
+            )
         return value
 
     @field_validator("model_root", "drift_profile_path", mode="before")

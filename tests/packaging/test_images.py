@@ -230,13 +230,14 @@ def test_entrypoint_is_exec_form_python_module(path: Path, module: str) -> None:
     assert environment["HOME"] == "/tmp"
 
 
-def test_server_exposes_8080_with_a_python_health_check_on_live() -> None:
+def test_server_exposes_8080_and_8081_with_a_python_health_check_on_live() -> None:
     final = parse_dockerfile(SERVER).stages[-1]
-    assert [item.arguments for item in final.all("EXPOSE")] == ["8080"]
+    assert [item.arguments for item in final.all("EXPOSE")] == ["8080 8081"]  # HTTP, gRPC (DESIGN §2)
     (healthcheck,) = final.all("HEALTHCHECK")
     assert "CMD" in healthcheck.arguments and "/health/live" in healthcheck.arguments
     assert "curl" not in healthcheck.arguments and "wget" not in healthcheck.arguments
     assert env_values(final)["PORT"] == "8080"
+    assert env_values(final)["GRPC_PORT"] == "8081"
 
 
 def test_server_default_base_carries_cuda_13_and_cudnn() -> None:
@@ -591,6 +592,7 @@ def test_installed_server_serves_a_model_and_passes_the_image_healthcheck(
         "MODEL_NAME": "tiny",
         "MODEL_ROOT": str(models),
         "PORT": str(port),
+        "GRPC_PORT": str(free_port()),
         "TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"),
         "TMPDIR": str(tmp_path),
     }

@@ -1,6 +1,6 @@
 """Fixtures for the server tests: real ONNX models built here, and the real server as a subprocess.
 
-Every test talks to ``python -m modeldeploy_server`` over HTTP on a free loopback port.
+Every test talks to ``python -m modeldeploy_server`` over HTTP (and gRPC) on free loopback ports.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ import httpx
 import pytest
 
 from localcluster import free_port
-from testsupport.onnx_models import build_constrained, build_dynamic, build_mlp, build_open, build_slow, build_two_io
+from testsupport.onnx_models import (
+    build_constrained,
+    build_dynamic,
+    build_mlp,
+    build_open,
+    build_slow,
+    build_two_io,
+    build_typed,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 def sha256_of(path: Path) -> str:
@@ -31,6 +39,7 @@ def sha256_of(path: Path) -> str:
 class RunningServer:
     process: subprocess.Popen[bytes]
     port: int
+    grpc_port: int
     log_path: Path
     termination_path: Path
     model_name: str
@@ -42,6 +51,10 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -82,7 +95,7 @@ def launch(
     prefix: Sequence[str] = (),
 ) -> RunningServer:
     """Start the server on a free loopback port (not waiting for readiness)."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log_path = workdir / f"server-{port}.log"
     termination = workdir / f"termination-{port}.log"
     full_env = {
@@ -95,12 +108,12 @@ def launch(
     command = [*prefix, sys.executable, "-m", "modeldeploy_server", "--host", "127.0.0.1"]
     if model is not None:  # None: the model comes from MODEL_PATH in env
         command += ["--model", str(model)]
-    command += ["--port", str(port), *args]
+    command += ["--port", str(port), "--grpc-port", str(grpc_port), *args]
     if name:
         command += ["--name", name]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=workdir)
-    return RunningServer(process, port, log_path, termination, name or (model.stem if model else ""))
+    return RunningServer(process, port, grpc_port, log_path, termination, name or (model.stem if model else ""))
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +125,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_slow(folder / "slow.onnx")
     build_open(folder / "open.onnx")
     build_constrained(folder / "constrained.onnx")
+    build_typed(folder / "typed.onnx")
+    # The README's tiny model, made as the README says.
+    subprocess.run([sys.executable, str(REPO / "examples" / "make_tiny_model.py"), str(folder / "sentiment.onnx")],
+                   check=True, capture_output=True)
     return folder
 
 
@@ -176,3 +193,5 @@ two_io_server = _plain_module_server("two_io")
 dynamic_server = _plain_module_server("dynamic")
 open_server = _plain_module_server("open")
 constrained_server = _plain_module_server("constrained")
+typed_server = _plain_module_server("typed")
+sentiment_server = _plain_module_server("sentiment")

@@ -243,7 +243,7 @@ def test_body_over_the_limit_is_413(start_server: Any, model_dir: Any) -> None:
     small = {"inputs": [good_mlp_input()]}
     assert server.client.post("/v2/models/mlp/infer", json=small).status_code == 200
     metrics = server.client.get("/metrics").text
-    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large"} 3.0' in metrics
+    assert 'modeldeploy_requests_total{model="mlp",outcome="too_large",protocol="rest"} 3.0' in metrics
 
 
 def test_server_still_answers_after_bad_requests(mlp_server: Any) -> None:

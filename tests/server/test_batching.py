@@ -135,7 +135,8 @@ def test_full_queue_answers_503_with_retry_after(start_server: Callable[..., Any
         assert response.headers["retry-after"] == "1"
         assert "queue is full" in response.json()["error"]
     metrics = server.client.get("/metrics").text
-    assert single(metrics, "modeldeploy_requests_total", model="slow", outcome="queue_full") == len(rejected)
+    rest = {"model": "slow", "protocol": "rest"}
+    assert single(metrics, "modeldeploy_requests_total", outcome="queue_full", **rest) == len(rejected)
     assert output_of(server.client.post("/v2/models/slow/infer", json=infer_body("input", heavy[:2]))).shape == (2, 8)
 
 
@@ -155,7 +156,8 @@ def test_queue_wait_and_in_flight_are_the_autoscaling_signals(
         in_flight_seen = 0.0
         while not load.done():
             scrape = server.client.get("/metrics").text
-            in_flight_seen = max(in_flight_seen, single(scrape, "modeldeploy_requests_in_flight", model="slow"))
+            in_flight = single(scrape, "modeldeploy_requests_in_flight", model="slow", protocol="rest")
+            in_flight_seen = max(in_flight_seen, in_flight)
         responses = load.result()
     assert [r.status_code for r in responses] == [200] * len(bodies)
     assert in_flight_seen >= 2  # eight clients against one worker: several are inside at once
@@ -169,4 +171,5 @@ def test_queue_wait_and_in_flight_are_the_autoscaling_signals(
     assert buckets["+Inf"] == count
     # Serialized runs: most requests waited longer than the smallest bucket (0.5 ms).
     assert buckets["0.0005"] < count / 2
-    assert single(server.client.get("/metrics").text, "modeldeploy_requests_in_flight", model="slow") == 0
+    final = server.client.get("/metrics").text
+    assert single(final, "modeldeploy_requests_in_flight", model="slow", protocol="rest") == 0

@@ -153,7 +153,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_server: Callable[..., Any]
     thread.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "response" not in outcome:
-        if 'modeldeploy_requests_in_flight{model="slow"} 1.0' in server.client.get("/metrics").text:
+        if 'modeldeploy_requests_in_flight{model="slow",protocol="rest"} 1.0' in server.client.get("/metrics").text:
             break
         time.sleep(0.002)
     server.process.send_signal(signal.SIGTERM)

@@ -68,7 +68,7 @@ def test_the_batcher_and_the_drift_monitor_let_go_of_request_buffers() -> None:
     monitor = InputMonitor(reference=None, window=100_000)
     noted = threading.Event()
 
-    def observe(rows: int, seconds: float, feeds: Feeds) -> None:
+    def observe(rows: int, seconds: float, feeds: Feeds, outputs: list[Feeds]) -> None:
         monitor.observe(feeds["x"])
         noted.set()
 

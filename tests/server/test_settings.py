@@ -63,3 +63,20 @@ def test_the_readme_table_is_generated_from_the_model() -> None:
     assert settings_table() in README.read_text(), (
         "refresh serving-image/README.md from modeldeploy_server.settings.settings_table()"
     )
+
+
+def test_grpc_port_defaults_to_8081_and_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRPC_PORT", raising=False)
+    assert load_settings(["--model", "m.onnx"]).grpc_port == 8081
+    monkeypatch.setenv("GRPC_PORT", "0")
+    assert load_settings(["--model", "m.onnx"]).grpc_port == 0
+    assert load_settings(["--model", "m.onnx", "--grpc-port", "9001"]).grpc_port == 9001
+
+
+def test_a_kubernetes_service_link_in_a_port_variable_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Service named `grpc` puts GRPC_PORT=tcp://... into the namespace's pods."""
+    monkeypatch.setenv("GRPC_PORT", "tcp://10.96.0.7:8081")
+    with pytest.raises(ValidationError) as caught:
+        load_settings(["--model", "m.onnx"])
+    [error] = caught.value.errors()
+    assert error["loc"] == ("grpc_port",) and "service link" in error["msg"] and "GRPC_PORT" in error["msg"]

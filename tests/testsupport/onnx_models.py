@@ -152,6 +152,39 @@ def build_open(path: Path) -> Path:
     return save(graph, path)
 
 
+def build_typed(path: Path) -> Path:
+    """One input and one output of each wire family, open batch: ``f`` FP32 [batch, 3] -> ``f2`` = f * 2,
+    ``i`` INT64 [batch, 3] -> ``i1`` = i + 1, ``b`` BOOL [batch, 3] -> ``nb`` = not b, ``s`` BYTES
+    [batch, 2] -> ``se`` = s."""
+    nodes = [
+        helper.make_node("Mul", ["f", "two"], ["f2"]),
+        helper.make_node("Add", ["i", "one"], ["i1"]),
+        helper.make_node("Not", ["b"], ["nb"]),
+        helper.make_node("Identity", ["s"], ["se"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "typed",
+        [
+            helper.make_tensor_value_info("f", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("b", TensorProto.BOOL, ["batch", 3]),
+            helper.make_tensor_value_info("s", TensorProto.STRING, ["batch", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("f2", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("i1", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("nb", TensorProto.BOOL, ["batch", 3]),
+            helper.make_tensor_value_info("se", TensorProto.STRING, ["batch", 2]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+        ],
+    )
+    return save(graph, path)
+
+
 def build_constrained(path: Path) -> Path:
     """Metadata leaves both dimensions open, the graph does not: ``x`` FP32 [batch, n] plus a [4] bias,
     so only n = 1 (broadcast) or n = 4 runs -> ``y`` FP32 [batch, 4]."""

@@ -8,9 +8,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = REPO / "operator" / "modeldeploy_operator"
 SERVER = REPO / "serving-image" / "modeldeploy_server"
-WEB = {"fastapi", "starlette", "uvicorn", "httptools", "h11"}
+WEB = {"fastapi", "starlette", "uvicorn", "httptools", "h11", "grpc", "grpc_health", "grpc_reflection", "google"}
 FRONTS = {"modeldeploy_server.rest_codec", "modeldeploy_server.infer_front", "modeldeploy_server.routes",
-          "modeldeploy_server.openapi", "modeldeploy_server.app"}
+          "modeldeploy_server.openapi", "modeldeploy_server.app", "modeldeploy_server.grpc_codec",
+          "modeldeploy_server.grpc_front", "modeldeploy_server.protos"}
 
 
 def imports(path: Path) -> set[str]:
@@ -47,9 +48,20 @@ def test_the_servers_core_knows_no_web_framework_and_no_front() -> None:
 
 
 def test_the_dataplane_is_free_of_the_rest_binary_extension() -> None:
-    """The binary tensor extension is the REST front's business (a gRPC front carries raw contents)."""
+    """The binary tensor extension is the REST front's business (the gRPC front carries raw contents)."""
     source = (SERVER / "dataplane.py").read_text().lower()
     assert "binary" not in source
+
+
+def test_the_fronts_know_only_their_own_wire() -> None:
+    """REST modules know no gRPC and the gRPC modules no web framework: two fronts over one core."""
+    grpc_roots = {"grpc", "grpc_health", "grpc_reflection"}
+    for module in ("rest_codec", "infer_front", "routes", "openapi", "app"):
+        found = imports(SERVER / f"{module}.py")
+        assert not roots(found) & grpc_roots, (module, roots(found) & grpc_roots)
+    for module in ("grpc_codec", "grpc_front"):
+        found = imports(SERVER / f"{module}.py")
+        assert not roots(found) & (WEB - grpc_roots - {"google"}), (module, roots(found) & WEB)
 
 
 MAX_FUNCTION_LINES = 60
@@ -71,7 +83,7 @@ def test_the_architecture_page_names_every_module_in_one_line() -> None:
     page = (REPO / "docs" / "architecture.md").read_text()
     unnamed = [f"{package.name}/{path.name}" for package in (OPERATOR, SERVER)
                for path in sorted(package.rglob("*.py"))
-               if path.name != "__init__.py" and f"- `{path.stem}` — " not in page]
+               if path.name != "__init__.py" and not path.stem.endswith("_pb2") and f"- `{path.stem}` — " not in page]
     assert not unnamed, f"docs/architecture.md does not describe: {unnamed}"
 
 
