@@ -30,7 +30,7 @@ venv: $(VENV)/.installed ## virtual env with the operator, the server and the de
 lock: ## regenerate uv.lock and locks/*.txt from pyproject.toml (needs PyPI; UPGRADE=1 moves every pin to the newest allowed)
 	$(PYTHON) hack/locks.py write $(if $(UPGRADE),--upgrade)
 
-version: venv ## set the release version everywhere from pyproject.toml's home (VERSION=X.Y.Z), then relock
+version: venv ## write VERSION=X.Y.Z into pyproject.toml and every copy (chart, server, operator defaults), then relock
 	@test -n "$(VERSION)" || { echo "usage: make version VERSION=X.Y.Z" >&2; exit 2; }
 	$(PY) hack/set_version.py $(VERSION)
 	$(PYTHON) hack/locks.py write
@@ -43,8 +43,8 @@ lint: venv ## ruff, mypy, hadolint, shellcheck and actionlint (the generated fil
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
 	$(BIN)/shellcheck --external-sources --source-path=SCRIPTDIR .ci/run hack/*.sh
-	@# actionlint runs shellcheck (from the venv, on PATH) on every workflow step's script.
-	PATH="$(CURDIR)/$(BIN):$$PATH" "$$(bash hack/build-actionlint.sh)" -color=never
+	@# actionlint also runs shellcheck on every workflow step's script.
+	"$$(bash hack/build-actionlint.sh)" -no-color -shellcheck $(BIN)/shellcheck
 
 generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, and the Grafana dashboard
 	$(PY) -m modeldeploy_operator.crd --write

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import localcluster
+from modeldeploy_operator import config
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "modeldeploy"
@@ -82,6 +83,30 @@ def test_the_operators_own_metrics_are_scraped_like_the_serving_pods(bin_dir: Pa
     docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0")
     assert not [doc for doc in docs if doc["kind"] == "Service"]
     assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "ServiceMonitor"] == ["md-modeldeploy-servers"]
+
+
+def test_default_images_are_the_ones_the_charts_own_tag_published(bin_dir: Path) -> None:
+    """Empty tags follow appVersion, so `helm install` of chart X.Y.Z runs the images the vX.Y.Z tag pushed;
+    the operator's own defaults name the same serving images, and explicit values still win."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    version = chart["appVersion"]
+    deployment = next(doc for doc in render(bin_dir) if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert container["image"] == f"ghcr.io/modeldeploy/modeldeploy-operator:{version}"
+    assert env["MODELDEPLOY_SERVER_IMAGE"] == f"ghcr.io/modeldeploy/modeldeploy-server:{version}-cpu"
+    assert env["MODELDEPLOY_GPU_SERVER_IMAGE"] == f"ghcr.io/modeldeploy/modeldeploy-server:{version}"
+    assert (env["MODELDEPLOY_SERVER_IMAGE"], env["MODELDEPLOY_GPU_SERVER_IMAGE"]) == (
+        config.DEFAULT_SERVER_IMAGE, config.DEFAULT_GPU_SERVER_IMAGE)
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == version
+    deployment = next(doc for doc in render(bin_dir, "--set", "image.tag=dev", "--set", "serverImage.cpu=local/s:1",
+                                            "--set", "serverImage.repository=mirror/server")
+                      if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert container["image"] == "ghcr.io/modeldeploy/modeldeploy-operator:dev"
+    assert env["MODELDEPLOY_SERVER_IMAGE"] == "local/s:1"
+    assert env["MODELDEPLOY_GPU_SERVER_IMAGE"] == f"mirror/server:{version}"
 
 
 def test_operator_pod_meets_restricted_pod_security(bin_dir: Path) -> None:
