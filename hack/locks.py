@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,22 @@ class LockError(RuntimeError):
     """A lock file that does not match pyproject.toml, or a uv that cannot be had."""
 
 
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?: ; (.+?))? \\$", re.MULTILINE)
+
+
+def pins(text: str) -> list[tuple[str, str, str | None]]:
+    """(name, version, environment marker or None) of every requirement in an exported lock; a name can
+    appear twice, pinned differently for different Pythons."""
+    return [(name.lower(), version, marker or None) for name, version, marker in PIN.findall(text)]
+
+
+def wheels(root: Path = REPO) -> dict[tuple[str, str], list[str]]:
+    """(name, version) -> the file names of every wheel uv.lock records for it."""
+    lock = tomllib.loads((root / "uv.lock").read_text())
+    return {(package["name"], package["version"]): [w["url"].rsplit("/", 1)[-1] for w in package.get("wheels", [])]
+            for package in lock["package"] if "version" in package}
+
+
 def lock_path(name: str, root: Path = REPO) -> Path:
     return root / "locks" / f"{name}.txt"
 
@@ -52,14 +69,23 @@ def uv_requirement(dev_lock: str) -> str:
     return match.group(0) + "\n"
 
 
+def _is_version(uv: Path, version: str) -> bool:
+    if not uv.exists():
+        return False
+    said = subprocess.run([str(uv), "--version"], capture_output=True, text=True, check=False).stdout.split()
+    return said[1:2] == [version]
+
+
 def ensure_uv() -> Path:
-    """The uv pinned in the dev lock, installed with --require-hashes into the shared cache once."""
+    """The uv pinned in the dev lock: the dev venv's own (make venv installed it), else one installed with
+    --require-hashes into the shared cache once."""
     requirement = uv_requirement(lock_path("dev").read_text())
     version = requirement.split("==")[1].split()[0]
     home = CACHE_ROOT / f"uv-{version}"
     uv = home / "bin" / "uv"
-    if uv.exists():
-        return uv
+    for candidate in (Path(sys.executable).parent / "uv", uv):
+        if _is_version(candidate, version):
+            return candidate
     subprocess.run([sys.executable, "-m", "venv", str(home)], check=True)
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as handle:
         handle.write(requirement)

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.utils import parse_wheel_filename
 
 import locks
 from localcluster import free_port
+from packaging import tags
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "Dockerfile.server"
@@ -295,22 +298,49 @@ def image_python_and_glibc(path: Path, extra: str) -> tuple[str, tuple[int, int]
     return python.group(1), DEBIAN_GLIBC[python.group(2)]
 
 
-def resolve_lock(lock: Path, python: str, glibc: tuple[int, int], machine: str, workdir: Path) -> set[str]:
-    """pip, asked for that Python, glibc and CPU, installs the lock as the image does (a dry run: metadata only)."""
+def linux_platforms(glibc: tuple[int, int], machine: str) -> list[str]:
+    """The platform tags a Linux with that glibc on that CPU accepts, newest first (as pip lists them)."""
     major, minor = glibc
-    platforms = [f"manylinux_{major}_{version}_{machine}" for version in range(minor, 16, -1)]
-    platforms += [f"manylinux2014_{machine}", f"linux_{machine}"]
-    report = workdir / f"{lock.stem}-{python}-{machine}.json"
+    return [*(f"manylinux_{major}_{version}_{machine}" for version in range(minor, 16, -1)),
+            f"manylinux2014_{machine}", f"linux_{machine}"]
+
+
+def resolve_lock(lock: Path, python: str, glibc: tuple[int, int], workdir: Path) -> set[str]:
+    """pip, asked for that Python and glibc on amd64, installs the lock as the image does (a dry run:
+    metadata only, every requirement pinned and hashed)."""
+    report = workdir / f"{lock.stem}-{python}.json"
     result = subprocess.run(
         [
             sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--require-hashes",
-            "--only-binary=:all:", f"--python-version={python}", *(f"--platform={p}" for p in platforms),
+            "--only-binary=:all:", f"--python-version={python}",
+            *(f"--platform={p}" for p in linux_platforms(glibc, "x86_64")),
             "--target", str(workdir / "target"), "--report", str(report), "-r", str(lock),
         ],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 0, f"{lock.name} for Python {python} on linux/{machine}:\n{result.stderr}"
+    assert result.returncode == 0, f"{lock.name} for Python {python} on linux/amd64:\n{result.stderr}"
     return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+
+
+def wheel_gaps(lock: Path, python: str, glibc: tuple[int, int], machine: str) -> list[str]:
+    """Every pin of the lock that applies to that Python on linux/MACHINE but has no wheel uv.lock records
+    for it (the tags pip would accept, computed by `packaging` as pip does)."""
+    major, minor = (int(part) for part in python.split("."))
+    platforms = linux_platforms(glibc, machine)
+    accepted = {*tags.cpython_tags((major, minor), platforms=platforms),
+                *tags.compatible_tags((major, minor), platforms=platforms)}
+    environment = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
+                   "platform_system": "Linux", "platform_machine": machine, "os_name": "posix",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    recorded = locks.wheels()
+    gaps = []
+    for name, version, marker in locks.pins(lock.read_text()):
+        if marker and not Marker(marker).evaluate(environment):
+            continue
+        files = recorded[(name, version)]
+        if not any(set(parse_wheel_filename(file)[3]) & accepted for file in files):
+            gaps.append(f"{name}=={version}")
+    return gaps
 
 
 @pytest.mark.parametrize(
@@ -321,22 +351,31 @@ def resolve_lock(lock: Path, python: str, glibc: tuple[int, int], machine: str, 
 def test_image_locks_install_for_the_image_python_on_amd64_and_arm64(
     path: Path, extra: str, runtime: str, tmp_path: Path
 ) -> None:
-    """Every image is published for linux/amd64 and linux/arm64: its lock has a wheel, with its hash, for
-    the base's Python and glibc on both (and for the local tests' Debian base on amd64).
+    """Every image is published for linux/amd64 and linux/arm64: its lock installs with pip for the base's
+    Python and glibc, and has a wheel for every pin on both CPUs (and for the local tests' Debian base).
 
     The GPU case is the one that matters: onnxruntime-gpu must exist as a wheel for the CUDA
     base's own Python on both CPUs, and plain onnxruntime must not be pulled in next to it.
     """
     lock = locks.lock_path(extra)
     python, glibc = image_python_and_glibc(path, extra)
+    installed = resolve_lock(lock, python, glibc, tmp_path)
+    assert runtime in installed
+    if extra == "gpu":
+        assert "onnxruntime" not in installed, "both wheels would fight over one package"
     targets = [(python, glibc, "x86_64"), (python, glibc, "aarch64")]
     if extra != "gpu":
         targets.append((*LOCAL_BASE, "x86_64"))
     for target_python, target_glibc, machine in targets:
-        installed = resolve_lock(lock, target_python, target_glibc, machine, tmp_path)
-        assert runtime in installed
-        if extra == "gpu":
-            assert "onnxruntime" not in installed, "both wheels would fight over one package"
+        assert wheel_gaps(lock, target_python, target_glibc, machine) == [], (target_python, machine)
+
+
+def test_wheel_gaps_sees_a_platform_without_wheels() -> None:
+    """The check above can fail: no Python 3.12 wheel of onnxruntime-gpu exists for linux/ppc64le, nor for
+    a glibc older than its manylinux floor."""
+    gpu = locks.lock_path("gpu")
+    assert [gap for gap in wheel_gaps(gpu, "3.12", (2, 39), "ppc64le") if gap.startswith("onnxruntime-gpu==")]
+    assert [gap for gap in wheel_gaps(gpu, "3.12", (2, 17), "aarch64") if gap.startswith("onnxruntime-gpu==")]
 
 
 @pytest.mark.parametrize("path", [SERVER, OPERATOR], ids=lambda p: p.name)

@@ -21,14 +21,6 @@ from packaging.markers import Marker
 import locks
 
 REPO = Path(__file__).resolve().parents[2]
-PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?: ; (.+?))? \\$", re.MULTILINE)
-
-
-def pins(text: str) -> dict[str, tuple[str, str | None]]:
-    """name -> (version, marker) of every requirement in an exported lock."""
-    return {name.lower(): (version, marker) for name, version, marker in PIN.findall(text)}
-
-
 def test_the_locks_are_current_with_pyproject() -> None:
     assert locks.problems() == []
 
@@ -58,16 +50,16 @@ def test_every_environment_is_exported_with_a_hash_for_every_pin() -> None:
         for block in requirements:
             assert re.match(r"^[A-Za-z0-9._-]+==\S+", block), f"{name}: not pinned: {block.splitlines()[0]}"
             assert "--hash=sha256:" in block, f"{name}: no hash for {block.splitlines()[0]}"
-    assert "onnxruntime-gpu" in pins(locks.lock_path("gpu").read_text())
-    assert "onnxruntime" not in pins(locks.lock_path("gpu").read_text())
+    gpu = {name for name, _, _ in locks.pins(locks.lock_path("gpu").read_text())}
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
 
 
 def test_the_dev_venv_is_the_dev_lock() -> None:
     """Every pin of locks/dev.txt that applies here is installed at exactly that version."""
-    locked = pins(locks.lock_path("dev").read_text())
-    assert {"pytest", "uv", "onnxruntime", "kopf"} <= locked.keys()
+    locked = locks.pins(locks.lock_path("dev").read_text())
+    assert {"pytest", "uv", "onnxruntime", "kopf"} <= {name for name, _, _ in locked}
     wrong = {}
-    for name, (version, marker) in locked.items():
+    for name, version, marker in locked:
         if marker and not Marker(marker).evaluate():
             continue
         try:

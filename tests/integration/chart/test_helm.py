@@ -151,6 +151,11 @@ def test_helm_install_runs_the_operator_and_uninstall_keeps_only_the_crd(
         role = json.loads(get(cluster, "clusterrole", deployment_name).stdout)
         assert role["rules"] == yaml.safe_load((CHART / "files" / "clusterrole-rules.yaml").read_text())
 
+        # The upgrade docs/operations.md gives: the chart's CRD applied over Helm's, then helm upgrade.
+        crds = helm(cluster.bin_dir, "show", "crds", str(CHART)).stdout
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
+        helm(cluster.bin_dir, "upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values", "--wait",
+             "--timeout", "90s", env=cluster.env)  # fmt: skip
         namespace_users_get_modeldeployments_through_the_built_in_roles(cluster, namespace)
 
         helm(cluster.bin_dir, "uninstall", release, "--namespace", namespace, "--wait", env=cluster.env)
