@@ -18,11 +18,12 @@ help:
 $(VENV)/.installed: pyproject.toml uv.lock locks/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r locks/dev.txt
+	@# Before the project itself: a dependency added to pyproject.toml without `make lock` is named here.
+	$(PY) hack/locks.py check
 	$(PY) -m pip install --quiet --no-deps -e .
 	@# The harness and the test helpers are importable in the venv (tests, benchmarks, demo): no path hacks.
 	printf '%s\n' "$(CURDIR)/hack" "$(CURDIR)/tests" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/modeldeploy-dev.pth"
 	$(PY) -m pip check
-	$(PY) hack/locks.py check
 	touch $@
 
 venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools, from locks/dev.txt

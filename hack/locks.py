@@ -22,6 +22,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_ROOT = Path(os.environ.get("MODELDEPLOY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME")
@@ -129,6 +130,27 @@ def write(upgrade: bool = False) -> None:
     print(f"wrote uv.lock and {', '.join(str(lock_path(n).relative_to(REPO)) for n in ENVIRONMENTS)}")
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _why(root: Path) -> str:
+    """What pyproject.toml asks for that uv.lock did not record (by extra), or the other way round."""
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = {("", _normal(re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0])) for r in project.get("dependencies", [])}
+    for extra, requirements in project.get("optional-dependencies", {}).items():
+        wanted |= {(extra, _normal(re.split(r"[<>=!~\[;\s]", r, maxsplit=1)[0])) for r in requirements}
+    lock = tomllib.loads((root / "uv.lock").read_text())
+    own: dict[str, Any] = next((p for p in lock["package"] if p.get("source", {}).get("editable") == "."), {})
+    recorded = set()
+    for entry in own.get("metadata", {}).get("requires-dist", []):
+        extra = re.search(r"extra == '([^']+)'", entry.get("marker", ""))
+        recorded.add((extra.group(1) if extra else "", _normal(entry["name"])))
+    said = [f"{name} added{f' to [{extra}]' if extra else ''}" for extra, name in sorted(wanted - recorded)]
+    said += [f"{name} removed{f' from [{extra}]' if extra else ''}" for extra, name in sorted(recorded - wanted)]
+    return ", ".join(said) or "a version, a specifier or the project's metadata changed"
+
+
 def problems(root: Path = REPO) -> list[str]:
     """Everything stale under `root`, each with the command that fixes it; offline."""
     uv = ensure_uv()
@@ -136,7 +158,7 @@ def problems(root: Path = REPO) -> list[str]:
     result = run_uv(uv, "lock", "--check", "--offline", root=root)
     if result.returncode != 0:
         found.append("uv.lock does not satisfy pyproject.toml (a dependency changed): run `make lock` "
-                     f"(uv says: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'})")
+                     f"({_why(root)})")
         return found
     for name in ENVIRONMENTS:
         path = lock_path(name, root)

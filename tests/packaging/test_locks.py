@@ -38,8 +38,11 @@ def test_a_changed_dependency_or_a_hand_edited_export_is_caught(tmp_path: Path) 
 
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"pyyaml>=6",', '"pyyaml>=6",\n  "rich>=13",', 1))
+    assert locks.problems(tmp_path) == [
+        "uv.lock does not satisfy pyproject.toml (a dependency changed): run `make lock` (rich added to [operator])"]
+    pyproject.write_text(pyproject.read_text().replace('"kopf>=1.37,<2"', '"kopf>=1.38,<2"', 1))
     (problem,) = locks.problems(tmp_path)
-    assert problem.startswith("uv.lock does not satisfy pyproject.toml (a dependency changed): run `make lock`")
+    assert problem.endswith("(rich added to [operator])")
 
 
 def test_every_environment_is_exported_with_a_hash_for_every_pin() -> None:
