@@ -233,3 +233,11 @@ def test_the_rollout_messages_people_search_for_are_explained() -> None:
 
 def test_the_readme_links_the_manual() -> None:
     assert "(docs/operations.md)" in README.read_text()
+
+
+def test_every_repository_path_the_manual_names_exists() -> None:
+    folders = r"\.github|charts|crds|docs|examples|hack|locks|operator|serving-image|tests"
+    named = set(re.findall(rf"`((?:{folders})/[\w./-]*)`", MANUAL.read_text()))
+    assert {"locks/operator.txt", "charts/modeldeploy/files/clusterrole-rules.yaml"} <= named
+    missing = sorted(path for path in named if not (REPO / path).exists())
+    assert missing == [], f"docs/operations.md names files that do not exist: {missing}"
