@@ -8,30 +8,46 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries lint generate test unit integration cluster-up cluster-down bench demo e2e-kind clean
+.PHONY: help venv lock version binaries lint generate test unit integration cluster-up cluster-down bench demo e2e-kind clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-$(VENV)/.installed: pyproject.toml
+# The dev venv installs the locked set (locks/dev.txt, every wheel checked by hash), then the project
+# itself editable without dependencies; a lock that no longer matches pyproject.toml stops here.
+$(VENV)/.installed: pyproject.toml uv.lock locks/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[operator,server,dev]'
+	$(PY) -m pip install --quiet --require-hashes -r locks/dev.txt
+	@# Before the project itself: a dependency added to pyproject.toml without `make lock` is named here.
+	$(PY) hack/locks.py check
+	$(PY) -m pip install --quiet --no-deps -e .
 	@# The harness and the test helpers are importable in the venv (tests, benchmarks, demo): no path hacks.
 	printf '%s\n' "$(CURDIR)/hack" "$(CURDIR)/tests" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/modeldeploy-dev.pth"
+	$(PY) -m pip check
 	touch $@
 
-venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools
+venv: $(VENV)/.installed ## virtual env with the operator, the server and the dev tools, from locks/dev.txt
+
+lock: ## regenerate uv.lock and locks/*.txt from pyproject.toml (needs PyPI; UPGRADE=1 moves every pin to the newest allowed)
+	$(PYTHON) hack/locks.py write $(if $(UPGRADE),--upgrade)
+
+version: venv ## write VERSION=X.Y.Z into pyproject.toml and every copy (chart, server, operator defaults), then relock
+	@test -n "$(VERSION)" || { echo "usage: make version VERSION=X.Y.Z" >&2; exit 2; }
+	$(PY) hack/set_version.py $(VERSION)
+	$(PYTHON) hack/locks.py write
 
 binaries: venv ## build kube-apiserver, etcd, kubectl, helm, kwok, ... (and, as root with containerd, the real node's, its metrics stack, Envoy Gateway and the images) into ~/.cache/modeldeploy
 	bash hack/build-binaries.sh $$( [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null && echo --with-node )
 	@# Built here, not inside a test fixture: cold, they take longer than a test's time limit.
 	@if [ "$$(id -u)" = 0 ] && command -v containerd >/dev/null; then $(PY) hack/prepare_real_node.py; fi
 
-lint: venv ## ruff, mypy and hadolint (the generated files are checked by tests)
+lint: venv ## ruff, mypy, hadolint, shellcheck and actionlint (the generated files are checked by tests)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile.server Dockerfile.operator
+	$(BIN)/shellcheck --external-sources --source-path=SCRIPTDIR .ci/run hack/*.sh
+	@# actionlint also runs shellcheck on every workflow step's script.
+	"$$(bash hack/build-actionlint.sh)" -no-color -shellcheck $(BIN)/shellcheck
 
 generate: venv ## regenerate the CRD (and the chart's copy) from the spec model, the Grafana dashboard and the gRPC stubs
 	$(PY) -m modeldeploy_operator.crd --write

@@ -27,7 +27,7 @@ BASE_SUITE = "bookworm"
 # What the Dockerfiles need from a base: an interpreter with venv, `python`, useradd, TLS roots.
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "passwd", "ca-certificates")
 # The build context the Dockerfiles see (the same allow-list as .dockerignore).
-CONTEXT_PATHS = ("pyproject.toml", "README.md", "operator", "serving-image")
+CONTEXT_PATHS = ("pyproject.toml", "locks", "README.md", "operator", "serving-image")
 IGNORED = re.compile(r"(__pycache__|\.pyc$|\.egg-info|\.onnx$)")
 IMAGE_REPO = "modeldeploy.local"
 

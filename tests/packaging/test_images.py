@@ -3,8 +3,8 @@
 What a build would prove, proved piece by piece: hadolint passes; the rules that matter for a
 Kubernetes workload hold in the final stage (numeric non-root user, exec-form entrypoint,
 health check, no model baked in); every file the Dockerfiles COPY exists and survives
-.dockerignore; every extra they install exists, and their requirements one-liner gives the
-right list; and the build context (exactly what .dockerignore lets through) builds a wheel whose
+.dockerignore; each installs its lock with hashes, and that lock installs for the image's Python on
+amd64 and arm64; and the build context (exactly what .dockerignore lets through) builds a wheel whose
 entry points run from a fresh virtual environment.
 """
 
@@ -30,8 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.utils import parse_wheel_filename
 
+import locks
 from localcluster import free_port
+from packaging import tags
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "Dockerfile.server"
@@ -255,60 +259,33 @@ def test_each_server_variant_is_a_stage_installing_an_existing_extra(variant: st
     stage = dockerfile.stage(f"base-{variant}")
     assert env_values(stage)["MODELDEPLOY_EXTRA"] == extra
     assert extra in EXTRAS
+    assert locks.ENVIRONMENTS[extra][0] == (extra,), "the lock named after the extra installs that extra"
 
 
-def test_operator_installs_the_operator_extra() -> None:
-    builder = parse_dockerfile(OPERATOR).stage("builder")
-    (install,) = [item for item in builder.all("RUN") if "requirements.txt" in item.arguments]
-    assert re.search(r"\boperator > /tmp/requirements\.txt", install.arguments)
-    assert "operator" in EXTRAS
-
-
-def requirements_script(path: Path) -> str:
-    """The `python -c '...'` program the builder uses to list requirements from pyproject.toml."""
+def lock_install(path: Path) -> Instruction:
+    """The builder's one `pip install --require-hashes -r locks/...` step."""
     builder = parse_dockerfile(path).stage("builder")
-    (install,) = [item for item in builder.all("RUN") if "requirements.txt" in item.arguments]
-    match = re.search(r"python -c '([^']+)'", install.arguments)
-    assert match, install.arguments
-    return match.group(1)
+    (install,) = [item for item in builder.all("RUN") if "--require-hashes" in item.arguments]
+    return install
 
 
-@pytest.mark.parametrize(
-    ("path", "extra"),
-    [(SERVER, "gpu"), (SERVER, "server"), (OPERATOR, "operator")],
-    ids=["gpu", "cpu", "operator"],
-)
-def test_requirements_one_liner_lists_base_and_extra_dependencies(path: Path, extra: str, tmp_path: Path) -> None:
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    result = subprocess.run(
-        [sys.executable, "-c", requirements_script(path), extra],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    expected = PYPROJECT["project"]["dependencies"] + EXTRAS[extra]
-    assert result.stdout.splitlines() == expected
-    names = {re.split(r"[<>=!~\[;\s]", line, maxsplit=1)[0].lower() for line in expected}
-    if extra == "gpu":
-        assert "onnxruntime-gpu" in names and "onnxruntime" not in names, "both wheels would fight over one package"
-
-
-def test_requirements_one_liner_rejects_an_unknown_extra(tmp_path: Path) -> None:
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    result = subprocess.run(
-        [sys.executable, "-c", requirements_script(SERVER), "no-such-extra"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode != 0 and "no-such-extra" in result.stderr
+@pytest.mark.parametrize(("path", "lock"),
+                         [(SERVER, "locks/${MODELDEPLOY_EXTRA}.txt"), (OPERATOR, "locks/operator.txt")],
+                         ids=["server", "operator"])
+def test_images_install_their_lock_with_hashes_then_the_project_without_dependencies(path: Path, lock: str) -> None:
+    install = lock_install(path)
+    assert re.fullmatch(rf'pip install --no-cache-dir --require-hashes -r "?{re.escape(lock)}"?', install.arguments)
+    builder = parse_dockerfile(path).stage("builder")
+    (project_install,) = [item for item in builder.all("RUN") if "pip install --no-cache-dir --no-deps ." in
+                          item.arguments]
+    assert "pip check" in project_install.arguments
 
 
 # What each base image brings: its Python and its glibc (which manylinux wheels it can take).
 UBUNTU_PYTHON_GLIBC = {"24.04": ("3.12", (2, 39)), "22.04": ("3.10", (2, 35))}
 DEBIAN_GLIBC = {"bookworm": (2, 36), "trixie": (2, 41)}
+# The local tests' base (hack/localkube/images.py): Debian bookworm's own python3.
+LOCAL_BASE = ("3.11", (2, 36))
 
 
 def image_python_and_glibc(path: Path, extra: str) -> tuple[str, tuple[int, int]]:
@@ -322,49 +299,96 @@ def image_python_and_glibc(path: Path, extra: str) -> tuple[str, tuple[int, int]
     return python.group(1), DEBIAN_GLIBC[python.group(2)]
 
 
+def linux_platforms(glibc: tuple[int, int], machine: str) -> list[str]:
+    """The platform tags a Linux with that glibc on that CPU accepts, newest first (as pip lists them)."""
+    major, minor = glibc
+    return [*(f"manylinux_{major}_{version}_{machine}" for version in range(minor, 16, -1)),
+            f"manylinux2014_{machine}", f"linux_{machine}"]
+
+
+def resolve_lock(lock: Path, python: str, glibc: tuple[int, int], workdir: Path) -> set[str]:
+    """pip, asked for that Python and glibc on amd64, installs the lock as the image does (a dry run:
+    metadata only, every requirement pinned and hashed)."""
+    report = workdir / f"{lock.stem}-{python}.json"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--require-hashes",
+            "--only-binary=:all:", f"--python-version={python}",
+            *(f"--platform={p}" for p in linux_platforms(glibc, "x86_64")),
+            "--target", str(workdir / "target"), "--report", str(report), "-r", str(lock),
+        ],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{lock.name} for Python {python} on linux/amd64:\n{result.stderr}"
+    return {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+
+
+def wheel_gaps(lock: Path, python: str, glibc: tuple[int, int], machine: str) -> list[str]:
+    """Every pin of the lock that applies to that Python on linux/MACHINE but has no wheel uv.lock records
+    for it (the tags pip would accept, computed by `packaging` as pip does)."""
+    major, minor = (int(part) for part in python.split("."))
+    platforms = linux_platforms(glibc, machine)
+    accepted = {*tags.cpython_tags((major, minor), platforms=platforms),
+                *tags.compatible_tags((major, minor), platforms=platforms)}
+    environment = {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
+                   "platform_system": "Linux", "platform_machine": machine, "os_name": "posix",
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    recorded = locks.wheels()
+    gaps = []
+    for name, version, marker in locks.pins(lock.read_text()):
+        if marker and not Marker(marker).evaluate(environment):
+            continue
+        files = recorded[(name, version)]
+        if not any(set(parse_wheel_filename(file)[3]) & accepted for file in files):
+            gaps.append(f"{name}=={version}")
+    return gaps
+
+
 @pytest.mark.parametrize(
     ("path", "extra", "runtime"),
     [(SERVER, "gpu", "onnxruntime-gpu"), (SERVER, "server", "onnxruntime"), (OPERATOR, "operator", "kopf")],
     ids=["gpu", "cpu", "operator"],
 )
-def test_image_requirements_resolve_for_the_image_python_and_platform(
+def test_image_locks_install_for_the_image_python_on_amd64_and_arm64(
     path: Path, extra: str, runtime: str, tmp_path: Path
 ) -> None:
-    """pip's resolver, asked for the image's Python and glibc, finds wheels for every requirement.
+    """Every image is published for linux/amd64 and linux/arm64: its lock installs with pip for the base's
+    Python and glibc, and has a wheel for every pin on both CPUs (and for the local tests' Debian base).
 
     The GPU case is the one that matters: onnxruntime-gpu must exist as a wheel for the CUDA
-    base's own Python, and plain onnxruntime must not be pulled in next to it.
+    base's own Python on both CPUs, and plain onnxruntime must not be pulled in next to it.
     """
-    python, (major, minor) = image_python_and_glibc(path, extra)
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("\n".join(PYPROJECT["project"]["dependencies"] + EXTRAS[extra]) + "\n")
-    platforms = [f"manylinux_{major}_{glibc}_x86_64" for glibc in range(minor, 16, -1)]
-    platforms += ["manylinux2014_x86_64", "linux_x86_64"]
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-            "--only-binary=:all:", f"--python-version={python}", *(f"--platform={p}" for p in platforms),
-            "--target", str(tmp_path / "target"), "--report", str(report), "-r", str(requirements),
-        ],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    lock = locks.lock_path(extra)
+    python, glibc = image_python_and_glibc(path, extra)
+    installed = resolve_lock(lock, python, glibc, tmp_path)
     assert runtime in installed
     if extra == "gpu":
-        assert "onnxruntime" not in installed
+        assert "onnxruntime" not in installed, "both wheels would fight over one package"
+    targets = [(python, glibc, "x86_64"), (python, glibc, "aarch64")]
+    if extra != "gpu":
+        targets.append((*LOCAL_BASE, "x86_64"))
+    for target_python, target_glibc, machine in targets:
+        assert wheel_gaps(lock, target_python, target_glibc, machine) == [], (target_python, machine)
+
+
+def test_wheel_gaps_sees_a_platform_without_wheels() -> None:
+    """The check above can fail: no Python 3.12 wheel of onnxruntime-gpu exists for linux/ppc64le, nor for
+    a glibc older than its manylinux floor."""
+    gpu = locks.lock_path("gpu")
+    assert [gap for gap in wheel_gaps(gpu, "3.12", (2, 39), "ppc64le") if gap.startswith("onnxruntime-gpu==")]
+    assert [gap for gap in wheel_gaps(gpu, "3.12", (2, 17), "aarch64") if gap.startswith("onnxruntime-gpu==")]
 
 
 @pytest.mark.parametrize("path", [SERVER, OPERATOR], ids=lambda p: p.name)
 def test_dependencies_are_installed_before_the_code_is_copied(path: Path) -> None:
     builder = parse_dockerfile(path).stage("builder")
     copies = builder.all("COPY")
-    (pyproject_copy,) = [item for item in copies if item.arguments.startswith("pyproject.toml")]
-    (dependency_install,) = [item for item in builder.all("RUN") if "-r /tmp/requirements.txt" in item.arguments]
-    code_copies = [item for item in copies if "operator/" in item.arguments or "serving-image/" in item.arguments]
+    (lock_copy,) = [item for item in copies if item.arguments.startswith("locks/")]
+    dependency_install = lock_install(path)
+    code_copies = [item for item in copies if "operator/" in item.arguments or "serving-image/" in item.arguments
+                   or item.arguments.startswith("pyproject.toml")]
     assert code_copies
-    assert pyproject_copy.line < dependency_install.line < min(item.line for item in code_copies)
+    assert lock_copy.line < dependency_install.line < min(item.line for item in code_copies)
     (project_install,) = [
         item for item in builder.all("RUN") if "pip install --no-cache-dir --no-deps ." in item.arguments
     ]
@@ -386,6 +410,8 @@ def test_every_copied_source_exists_and_is_in_the_build_context(path: Path) -> N
     ("relative", "ignored"),
     [
         ("pyproject.toml", False),
+        ("locks/server.txt", False),
+        ("uv.lock", True),
         ("serving-image/modeldeploy_server/app.py", False),
         ("operator/modeldeploy_operator/plugin.py", False),
         ("serving-image/modeldeploy_server/__pycache__/app.cpython-311.pyc", True),
@@ -470,7 +496,7 @@ def install_from_context(path: Path, workdir: Path) -> tuple[Path, set[str]]:
     """Build the wheel from what the Dockerfile copies and install it (no deps) into a new venv.
 
     The dependencies come from the test interpreter's site-packages through a path entry (the
-    image installs them from pyproject.toml in its own layer); the project itself comes only
+    image installs them from its lock in its own layer); the project itself comes only
     from the wheel.
     """
     context = build_context(workdir / "context", context_sources(path))
