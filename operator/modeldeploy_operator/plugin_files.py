@@ -84,8 +84,9 @@ def location(claim: str, path: str | None) -> ModelSource:
         problems = []
         for item in error.errors():
             field = str(item["loc"][0]) if item.get("loc") else ""
-            value = claim if field == "pvc" else path
-            problems.append(f"{flags.get(field, field)} {value!r}: {item['msg'].removeprefix('Value error, ')}")
+            value = str(claim if field == "pvc" else path)
+            shown = repr(value if len(value) <= 80 else value[:60] + "...")
+            problems.append(f"{flags.get(field, field)} {shown}: {item['msg'].removeprefix('Value error, ')}")
         raise PluginError("; ".join(problems)) from None
 
 

@@ -79,7 +79,8 @@ def broken(model: onnx.ModelProto, change: str) -> bytes:
         copy.graph.ClearField("output")
     elif change == "ir-version-implausible":
         copy.ir_version = 4000
-    return copy.SerializeToString()
+    data: bytes = copy.SerializeToString()
+    return data
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -127,7 +128,7 @@ def test_other_formats_are_named(tmp_path: Path, content: bytes, kind: str) -> N
 def test_empty_missing_and_folder_are_refused(tmp_path: Path) -> None:
     with pytest.raises(onnxfile.NotOnnxError, match="it is empty"):
         onnxfile.check_file(write(tmp_path, "empty.onnx", b""))
-    with pytest.raises(onnxfile.NotOnnxError, match="cannot read .*missing.onnx: No such file"):
+    with pytest.raises(onnxfile.NotOnnxError, match=r"cannot read .*missing\.onnx: No such file"):
         onnxfile.check_file(tmp_path / "missing.onnx")
     with pytest.raises(onnxfile.NotOnnxError, match="is not a regular file"):
         onnxfile.check_file(tmp_path)
@@ -168,7 +169,7 @@ def test_the_snippet_is_plain_for_plain_names() -> None:
 
 
 def test_listing() -> None:
-    entries = [{"path": "sentiment/v1/model.onnx", "size": 1234, "sha256": DIGEST},
+    entries: list[dict[str, Any]] = [{"path": "sentiment/v1/model.onnx", "size": 1234, "sha256": DIGEST},
                {"path": "sentiment/v1/model.onnx.profile.json", "size": 88, "sha256": None},
                {"path": "locked", "size": None, "sha256": None, "unreadable": "Permission denied"}]
     assert plugin_files.format_listing("models", None, entries).splitlines() == [
