@@ -54,8 +54,8 @@ def test_rendered_chart_carries_the_single_sources(bin_dir: Path) -> None:
     dashboard = json.loads(by_kind["ConfigMap"]["data"]["modeldeploy.json"])
     assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     # Every serving pod, through no Service: a PodMonitor; the operator through its metrics Service.
-    assert [(d["kind"], d["metadata"]["name"]) for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1"] == [
-        ("ServiceMonitor", "md-modeldeploy-operator"), ("PodMonitor", "md-modeldeploy-servers")]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1") \
+        == [("PodMonitor", "md-modeldeploy-servers"), ("ServiceMonitor", "md-modeldeploy-operator")]
     servers = next(doc for doc in docs if doc["kind"] == "PodMonitor")
     endpoint = servers["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
