@@ -25,8 +25,9 @@ from testsupport.onnx_models import write_large_model
 from testsupport.realpods import NAME, Serving, model_deployment, tiny
 
 PLUGIN_DIR = Path(sys.executable).parent
-LARGE_BYTES = 320 << 20
-RSS_CEILING_KIB = 160 << 10  # half the large file: it is streamed, never held
+LARGE_BYTES = 256 << 20
+RSS_CEILING_KIB = 128 << 10  # half the large file: it is streamed, never held
+CHANGING_BYTES = 96 << 20  # long enough to be changed, or interrupted, while it travels
 MEASURE_RSS = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
                "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
                "sys.exit(done.returncode)")
@@ -139,7 +140,7 @@ def walk_every_case(s: Serving, tmp_path: Path) -> None:
     assert listing.returncode == 0, listing.stderr
     rows = [line.split() for line in listing.stdout.splitlines()]
     assert rows == [["PATH", "SIZE", "SHA256"],
-                    ["large/model.onnx", str(LARGE_BYTES), hashlib.sha256(large.read_bytes()).hexdigest()],
+                    ["large/model.onnx", str(large.stat().st_size), hashlib.sha256(large.read_bytes()).hexdigest()],
                     *[[f"sentiment/{v}/model.onnx", str(models[v][0].stat().st_size), models[v][1]]
                       for v in ("v1", "v2")]]
     assert plugin(s, "ls", "--pvc", "models", "--path", "sentiment/v2").stdout.splitlines()[1].split()[0] == (
@@ -148,14 +149,16 @@ def walk_every_case(s: Serving, tmp_path: Path) -> None:
     assert leftover_pods(s) == []
 
     # A file that changes during the upload: refused by the digest the pod computed, nothing written.
+    changing = write_large_model(tmp_path / "changing.onnx", CHANGING_BYTES)
+
     def change_last_byte(process: subprocess.Popen[str]) -> None:
-        with large.open("r+b") as handle:
+        with changing.open("r+b") as handle:
             handle.seek(-1, os.SEEK_END)
             last = handle.read(1)
             handle.seek(-1, os.SEEK_END)
             handle.write(bytes([last[0] ^ 0xFF]))
 
-    changed = upload_interrupted(s, large, "changed/model.onnx", change_last_byte)
+    changed = upload_interrupted(s, changing, "changed/model.onnx", change_last_byte)
     assert changed.returncode == 1 and changed.stdout == "", changed
     assert re.fullmatch(r"error: the file changed while it was uploaded: sha256 [0-9a-f]{64} before, [0-9a-f]{64} "
                         r"received; nothing was written to claim models", changed.stderr.strip()), changed.stderr
@@ -163,7 +166,7 @@ def walk_every_case(s: Serving, tmp_path: Path) -> None:
     assert leftover_pods(s) == []
 
     # Ctrl-C mid-upload: the pod is removed and so is the half-written file.
-    stopped = upload_interrupted(s, large, "stopped/model.onnx", lambda p: p.send_signal(signal.SIGINT))
+    stopped = upload_interrupted(s, changing, "stopped/model.onnx", lambda p: p.send_signal(signal.SIGINT))
     assert stopped.returncode == 1, stopped
     assert stopped.stderr.strip() == ("error: interrupted: the pod is removed, and an upload not confirmed writes "
                                       "nothing"), stopped.stderr
