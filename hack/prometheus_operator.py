@@ -111,10 +111,9 @@ class PrometheusOperator:
         for tag in tags.values():
             self.cluster.load_image(tag)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        crds = [doc for doc in yaml.safe_load_all(built["prometheus-operator-crds"].read_text()) if doc]
-        self.crds = [doc["metadata"]["name"] for doc in crds]
-        self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                             str(built["prometheus-operator-crds"]))
+        applied = self.cluster.kubectl("apply", "--server-side", "--force-conflicts", "-o", "name", "-f",
+                                       str(built["prometheus-operator-crds"])).stdout
+        self.crds = [line.rpartition("/")[2] for line in applied.split()]  # (PyYAML cannot read their `=`)
         self.cluster.wait_established(*self.crds)
         self.cluster.kubectl("create", "namespace", NAMESPACE, check=False)
         rbac = [doc for doc in yaml.safe_load_all(built["prometheus-operator-rbac"].read_text()) if doc]
