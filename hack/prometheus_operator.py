@@ -47,22 +47,21 @@ def prometheus_version() -> str:
     return f"v3.{minor_patch}"
 
 
+def scratch_image(docker: str, name: str, binary: Path) -> str:
+    """A static binary alone in a FROM-scratch image, as /bin/NAME, its entrypoint."""
+    return images.small_image(docker, name, (
+        "FROM scratch\n"
+        f"COPY {name} /bin/{name}\n"
+        "USER 65534:65534\n"
+        f'ENTRYPOINT ["/bin/{name}"]\n'
+    ), {name: binary})
+
+
 def build_images(docker: str) -> dict[str, str]:
-    """{"prometheus": tag, "reloader": tag}, each a static binary alone in a FROM-scratch image."""
+    """{"prometheus": tag, "reloader": tag}: the images the operator's StatefulSet names."""
     built = metrics_binaries("prometheus", "prometheus-operator")
-    prometheus = images.small_image(docker, "prometheus", (
-        "FROM scratch\n"
-        "COPY prometheus /bin/prometheus\n"
-        "USER 65534:65534\n"
-        'ENTRYPOINT ["/bin/prometheus"]\n'
-    ), {"prometheus": built["prometheus"]})
-    reloader = images.small_image(docker, "prometheus-config-reloader", (
-        "FROM scratch\n"
-        "COPY prometheus-config-reloader /bin/prometheus-config-reloader\n"
-        "USER 65534:65534\n"
-        'ENTRYPOINT ["/bin/prometheus-config-reloader"]\n'
-    ), {"prometheus-config-reloader": built["prometheus-config-reloader"]})
-    return {"prometheus": prometheus, "reloader": reloader}
+    return {"prometheus": scratch_image(docker, "prometheus", built["prometheus"]),
+            "reloader": scratch_image(docker, "prometheus-config-reloader", built["prometheus-config-reloader"])}
 
 
 def in_namespace(objects: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
