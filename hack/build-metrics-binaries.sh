@@ -3,13 +3,17 @@
 # KEDA's operator and metrics adapter — from the Go module proxy, each into a cache folder named
 # by its own pin, so changing one pin rebuilds only that component and a warm cache costs a stat.
 #
-# Prometheus and KEDA carry `replace` lines in their go.mod, which `go install pkg@version`
-# refuses; they build through a small wrapper module that requires the release and copies those
-# lines. Prints one `NAME=PATH` line per binary, and for manifests taken from the modules' zips:
-# `keda-crds=PATH` (KEDA's CRDs), `keda-rbac=PATH` and `metrics-server-rbac=PATH` (their upstream RBAC).
+# Prometheus, KEDA and prometheus-operator carry `replace` lines in their go.mod, which
+# `go install pkg@version` refuses; they build through a small wrapper module that requires the release
+# and copies those lines, except the ones to folders inside the module (prometheus-operator's own
+# pkg/apis/monitoring and pkg/client), which resolve to the same release's published submodules instead.
+# Prints one `NAME=PATH` line per binary, and for manifests taken from the modules' zips:
+# `keda-crds=PATH` (KEDA's CRDs), `keda-rbac=PATH` and `metrics-server-rbac=PATH` (their upstream RBAC),
+# `prometheus-operator-crds=PATH` and `prometheus-operator-rbac=PATH` (the operator's and Prometheus').
 #
 # Usage: build-metrics-binaries.sh [metrics-server] [prometheus] [keda] [keda-crds] [keda-rbac]
-#                                  [metrics-server-rbac]   (default: all)
+#                                  [metrics-server-rbac] [prometheus-operator] [prometheus-operator-crds]
+#                                  [prometheus-operator-rbac]   (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,8 +40,9 @@ wrapper_module() {  # folder, module, version: a module requiring the release wi
     echo
     echo "require $module $version"
     echo
-    # single-line directives and parenthesized blocks alike
-    awk '/^(replace|exclude) \($/ {block=1} block || /^(replace|exclude) / {print} /^\)$/ {block=0}' "$upstream"
+    # single-line directives and parenthesized blocks alike, less replaces by a folder of the module
+    awk '/^(replace|exclude) \($/ {block=1} block || /^(replace|exclude) / {print} /^\)$/ {block=0}' "$upstream" \
+      | grep -Ev '=>[[:space:]]*\.\.?/' || true
   } >"$mod/go.mod"
 }
 
@@ -82,7 +87,8 @@ module_manifests() {  # name, out, module, version, globs under the module's roo
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(keda-crds keda-rbac metrics-server-rbac metrics-server prometheus keda)
+[ ${#components[@]} -gt 0 ] || components=(keda-crds keda-rbac metrics-server-rbac metrics-server prometheus keda
+  prometheus-operator-crds prometheus-operator-rbac prometheus-operator)
 for component in "${components[@]}"; do
   case "$component" in
     # KEDA's own CRDs, with their schemas; its operator's and metrics adapter's RBAC, as upstream ships it
@@ -107,6 +113,26 @@ for component in "${components[@]}"; do
       build_wrapped keda github.com/kedacore/keda/v2 "$KEDA_VERSION" \
         "-X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
         github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter ;;
+    # The monitoring.coreos.com CRDs with their full schemas; the operator's and Prometheus' upstream RBAC
+    prometheus-operator-crds) module_manifests prometheus-operator-crds \
+                 "$cache_root/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds.yaml" \
+                 github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
+                 'example/prometheus-operator-crd-full/*.yaml' ;;
+    prometheus-operator-rbac) module_manifests prometheus-operator-rbac \
+                 "$cache_root/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/rbac.yaml" \
+                 github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
+                 'example/rbac/prometheus-operator/prometheus-operator-service-account.yaml' \
+                 'example/rbac/prometheus-operator/prometheus-operator-cluster-role.yaml' \
+                 'example/rbac/prometheus-operator/prometheus-operator-cluster-role-binding.yaml' \
+                 'example/rbac/prometheus/prometheus-service-account.yaml' \
+                 'example/rbac/prometheus/prometheus-cluster-role.yaml' \
+                 'example/rbac/prometheus/prometheus-cluster-role-binding.yaml' ;;
+    prometheus-operator)
+      build_wrapped prometheus-operator github.com/prometheus-operator/prometheus-operator \
+        "$PROMETHEUS_OPERATOR_VERSION" \
+        "-X github.com/prometheus/common/version.Version=${PROMETHEUS_OPERATOR_VERSION#v}" \
+        github.com/prometheus-operator/prometheus-operator/cmd/operator \
+        github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader ;;
     *) echo "unknown component $component" >&2; exit 2 ;;
   esac
 done

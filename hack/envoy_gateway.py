@@ -81,24 +81,9 @@ def envoy_binary() -> Path:
     return binary
 
 
-def _image(docker: str, name: str, dockerfile: str, files: dict[str, Path]) -> str:
-    """An image from a Dockerfile and a few files, tagged by their content (a warm run builds nothing)."""
-    parts = [dockerfile.encode()] + [path.read_bytes() for path in files.values()]
-    tag = f"{images.IMAGE_REPO}/{name}:{images._digest(*parts)}"
-    if images.image_exists(docker, tag):
-        return tag
-    with tempfile.TemporaryDirectory(prefix=f"modeldeploy-{name}-", dir=CACHE_ROOT) as tmp:
-        for target, path in files.items():
-            shutil.copy2(path, Path(tmp) / target)
-        (Path(tmp) / "Dockerfile").write_text(dockerfile)
-        images._run([docker, "build", "-t", tag, tmp], f"docker build of {name}",
-                    env={**os.environ, "DOCKER_BUILDKIT": "1"})
-    return tag
-
-
 def build_images(docker: str) -> dict[str, str]:
     """{"controller": tag, "envoy": tag}: Envoy Gateway from scratch, Envoy on the local Debian base."""
-    controller = _image(docker, "envoy-gateway", (
+    controller = images.small_image(docker, "envoy-gateway", (
         "FROM scratch\n"
         "COPY envoy-gateway /usr/local/bin/envoy-gateway\n"
         "ENV PATH=/usr/local/bin\n"
@@ -106,7 +91,7 @@ def build_images(docker: str) -> dict[str, str]:
         'ENTRYPOINT ["/usr/local/bin/envoy-gateway"]\n'
     ), {"envoy-gateway": controller_binary()})
     base = images.base_image(docker)
-    envoy = _image(docker, "envoy", (
+    envoy = images.small_image(docker, "envoy", (
         f"FROM {base}\n"
         "COPY envoy /usr/local/bin/envoy\n"
         "USER 65532:65532\n"

@@ -2,7 +2,7 @@
 then a row for the rollouts and a row for the operator itself.
 
 The JSON is generated so that every panel follows the same pattern (one query; the serving panels grouped
-by the ``modeldeployment`` and ``track`` labels that the chart's ServiceMonitor adds); a test regenerates
+by the ``modeldeployment`` and ``track`` labels that the chart's PodMonitor adds); a test regenerates
 and compares it, and another checks that every metric a query names is one the server or the operator
 exports.
 """

@@ -198,6 +198,20 @@ def pause_image(docker: str, pause_binary: Path) -> str:
     return tag
 
 
+def small_image(docker: str, name: str, dockerfile: str, files: dict[str, Path]) -> str:
+    """An image from a Dockerfile and a few files, tagged by their content (a warm run builds nothing)."""
+    parts = [dockerfile.encode()] + [path.read_bytes() for path in files.values()]
+    tag = f"{IMAGE_REPO}/{name}:{_digest(*parts)}"
+    if image_exists(docker, tag):
+        return tag
+    with tempfile.TemporaryDirectory(prefix=f"modeldeploy-{name}-", dir=CACHE_ROOT) as tmp:
+        for target, path in files.items():
+            shutil.copy2(path, Path(tmp) / target)
+        (Path(tmp) / "Dockerfile").write_text(dockerfile)
+        _run([docker, "build", "-t", tag, tmp], f"docker build of {name}", env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    return tag
+
+
 def saved_image(docker: str, tag: str) -> Path:
     """`docker save` of an image, kept in the cache under its content tag (a warm import skips the save)."""
     folder = CACHE_ROOT / "images"

@@ -173,7 +173,7 @@ class MetricsStack:
         """The aggregated API answers through the API server (TLS, front proxy and authorization work)."""
         return self.cluster.kubectl("get", "--raw", path, check=False).returncode == 0
 
-    # Prometheus: scrapes every serving pod, labelled as the chart's ServiceMonitor labels them ------------
+    # Prometheus: scrapes every serving pod, labelled as the chart's PodMonitor labels them ------------
 
     @property
     def prometheus_url(self) -> str:

@@ -79,7 +79,7 @@ class Provisioner:
                 volume = volume_for(claim, self.root, self.node)
                 folder = claim_folder(volume)
                 folder.mkdir(parents=True, exist_ok=True)
-                folder.chmod(0o755)
+                folder.chmod(0o777)  # as local-path-provisioner makes it: any pod's user may write
                 self.kubectl("create", "-f", "-", input=json.dumps(volume))
         for volume in self.items("persistentvolumes"):
             annotations = volume["metadata"].get("annotations", {})

@@ -6,7 +6,7 @@ at the start of the current window in memory; when a window ends it returns the 
 Kept in memory only: an operator restarted mid-window counts from its start-up to the end of the
 window recorded in status (`status.rollout.analysisStartedAt`), so the verdicts keep their schedule.
 `PrometheusQuery` asks Prometheus for the same increases over the window with `increase(...[window])`,
-by the `track` label the chart's ServiceMonitor adds.
+by the `track` label the chart's PodMonitor adds.
 """
 
 from __future__ import annotations

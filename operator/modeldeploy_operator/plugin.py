@@ -10,6 +10,8 @@ Installed as the `kubectl-modeldeploy` executable, so kubectl finds it as a plug
     kubectl modeldeploy rollout status sentiment # spec.rollout: phase, step, models, latest verdict
     kubectl modeldeploy rollout pause|resume|abort|retry|promote sentiment
                                                  # a request in status the operator acts on and clears
+    kubectl modeldeploy upload model.onnx --pvc models --path sentiment/v1/model.onnx
+    kubectl modeldeploy ls --pvc models          # models onto a claim, and what it holds (plugin_files.py)
 
 Each write is a single JSON merge patch (the rollout requests through the status subresource, so the
 spec stays git's), exactly what `kubectl patch --type merge` would send
@@ -303,20 +305,26 @@ def resolve_connection(kubeconfig: str | None, context: str | None, namespace: s
     return Connection(config_file, context, context_namespace or "default")
 
 
+def api_client(connection: Connection) -> Any:
+    """A Kubernetes ApiClient for the connection's kubeconfig and context."""
+    from kubernetes import config
+
+    try:
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=connection.kubeconfig, context=connection.context, persist_config=False
+        )
+    except (config.ConfigException, OSError) as error:
+        raise PluginError(f"cannot load kubeconfig {connection.kubeconfig}: {error}") from error
+
+
 class ModelDeployments:
     """Reads and merge-patches ModelDeployments in one namespace."""
 
     def __init__(self, connection: Connection) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
         self.namespace = connection.namespace
-        try:
-            api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=connection.kubeconfig, context=connection.context, persist_config=False
-            )
-        except (config.ConfigException, OSError) as error:
-            raise PluginError(f"cannot load kubeconfig {connection.kubeconfig}: {error}") from error
-        self._api = client.CustomObjectsApi(api_client)
+        self._api = client.CustomObjectsApi(api_client(connection))
 
     def get(self, name: str) -> JSONObject:
         try:
@@ -421,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("action", choices=["status", *COMMANDS], help="what to do")
     rollout.add_argument("name", help="ModelDeployment name")
     _connection_options(rollout, defaults=False)
+
+    from modeldeploy_operator import plugin_files  # it builds on this module
+
+    plugin_files.add_commands(commands, _connection_options)
     return parser
 
 
@@ -503,6 +515,10 @@ def run(args: argparse.Namespace) -> str:
     """Execute one parsed command; return what to print."""
     require_client()
     connection = resolve_connection(args.kubeconfig, args.context, args.namespace)
+    from modeldeploy_operator import plugin_files
+
+    if args.command in plugin_files.COMMANDS:
+        return plugin_files.run(args, connection)
     api = ModelDeployments(connection)
     if args.command == "status":
         return format_status(api.get(args.name), datetime.now(UTC))

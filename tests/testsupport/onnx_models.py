@@ -270,3 +270,37 @@ def slowed(source: Path, path: Path, layers: int = 32, width: int = 2048) -> Pat
     ]
     graph.node.extend(nodes)
     return _save_with_added_output(model, path)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def write_large_model(path: Path, size: int) -> Path:
+    """A valid ONNX model of about SIZE bytes, written in chunks (never whole in memory): the tiny MLP with
+    one more, unused, UINT8 initializer of that many random bytes. Written as raw protobuf, since onnx
+    would build the whole message in memory."""
+    model = onnx.load(str(build_mlp(path.with_suffix(".small.onnx"))))
+    graph = model.graph.SerializeToString()
+    model.ClearField("graph")
+    name = b"padding"
+    tensor_head = (b"\x08" + _varint(size) + b"\x10" + _varint(TensorProto.UINT8)
+                   + b"\x42" + _varint(len(name)) + name + b"\x4a" + _varint(size))
+    tensor_length = len(tensor_head) + size
+    initializer_head = b"\x2a" + _varint(tensor_length)
+    graph_length = len(graph) + len(initializer_head) + tensor_length
+    rng = np.random.default_rng(11)
+    with path.open("wb") as out:
+        out.write(model.SerializeToString() + b"\x3a" + _varint(graph_length) + graph + initializer_head
+                  + tensor_head)
+        left = size
+        while left:
+            chunk = min(left, 8 << 20)
+            out.write(rng.integers(0, 256, chunk, dtype=np.uint8).tobytes())
+            left -= chunk
+    return path

@@ -58,13 +58,20 @@ def test_rendered_chart_carries_the_single_sources(bin_dir: Path) -> None:
     assert by_kind["ClusterRole"]["rules"] == rules
     dashboard = json.loads(by_kind["ConfigMap"]["data"]["modeldeploy.json"])
     assert dashboard == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
-    monitors = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ServiceMonitor"}
-    servers = monitors["md-modeldeploy-servers"]
-    endpoint = servers["spec"]["endpoints"][0]
-    assert {r["targetLabel"] for r in endpoint["relabelings"]} >= {"modeldeployment", "track"}
-    # Not the per-track Services of Gateway API routing: each pod is scraped once.
-    assert servers["spec"]["selector"]["matchExpressions"] == [
-        {"key": "modeldeploy.dev/track", "operator": "DoesNotExist"}]
+    # Every serving pod, through no Service: a PodMonitor; the operator through its metrics Service.
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["apiVersion"] == "monitoring.coreos.com/v1") \
+        == [("PodMonitor", "md-modeldeploy-servers"), ("ServiceMonitor", "md-modeldeploy-operator")]
+    servers = next(doc for doc in docs if doc["kind"] == "PodMonitor")
+    endpoint = servers["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert {(r["sourceLabels"][0], r["targetLabel"]) for r in endpoint["relabelings"]} == {
+        ("__meta_kubernetes_pod_label_modeldeploy_dev_name", "modeldeployment"),
+        ("__meta_kubernetes_pod_label_modeldeploy_dev_track", "track"),
+        ("__meta_kubernetes_namespace", "namespace")}
+    assert servers["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "modeldeploy"},
+                                           "matchExpressions": [{"key": "modeldeploy.dev/track",
+                                                                 "operator": "Exists"}]}
+    assert servers["spec"]["namespaceSelector"] == {"any": True}
 
 
 def test_the_operators_own_metrics_are_scraped_like_the_serving_pods(bin_dir: Path) -> None:
@@ -86,7 +93,8 @@ def test_the_operators_own_metrics_are_scraped_like_the_serving_pods(bin_dir: Pa
     # 0 switches it all off.
     docs = render(bin_dir, "--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0")
     assert not [doc for doc in docs if doc["kind"] == "Service"]
-    assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "ServiceMonitor"] == ["md-modeldeploy-servers"]
+    assert not [doc for doc in docs if doc["kind"] == "ServiceMonitor"]
+    assert [doc["metadata"]["name"] for doc in docs if doc["kind"] == "PodMonitor"] == ["md-modeldeploy-servers"]
 
 
 def test_default_images_are_the_ones_the_charts_own_tag_published(bin_dir: Path) -> None:
