@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import envoy_gateway
+import prometheus_operator
 import routing_crds
 from localkube import images, metrics
 from localkube.node import missing_requirements
@@ -32,11 +33,12 @@ def main() -> int:
               file=sys.stderr)
         return 0
     _step("routing CRDs (Istio, Gateway API)", lambda: (routing_crds.istio_crds(), routing_crds.gateway_api_crds()))
-    _step("metrics-server, Prometheus, KEDA", metrics.metrics_binaries)
+    _step("metrics-server, Prometheus, KEDA, prometheus-operator", metrics.metrics_binaries)
     _step("Envoy Gateway and Envoy", lambda: (envoy_gateway.controller_binary(), envoy_gateway.envoy_binary()))
     docker = images.ensure_docker()
     _step("the project's images", lambda: images.project_images(docker))
     _step("Envoy Gateway's images", lambda: envoy_gateway.build_images(docker))
+    _step("Prometheus' and prometheus-operator's images", lambda: prometheus_operator.build_images(docker))
     return 0
 
 
